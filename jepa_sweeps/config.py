@@ -1,0 +1,247 @@
+"""Validated configuration: the trial config (one training run) and, in ``spec.py``, the sweep.
+
+Everything a trial does is a function of a ``TrialConfig``. Unknown keys are rejected at every
+level; errors are turned into short messages naming the key and the offending value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from jepa_sweeps.objectives import REGISTRY
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+UnitRange = tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "stl10": 96}
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
+    path: str | None = Field(None, description="dataset folder; not used by digits")
+    image_size: int | None = Field(None, ge=4, le=1024, description="resize at load (imagefolder: 64)")
+
+    @model_validator(mode="after")
+    def _path_exists(self) -> DataConfig:
+        if self.name != "digits":
+            if self.path is None:
+                raise ValueError(f"data.path is required for dataset {self.name!r}")
+            if not Path(self.path).expanduser().is_dir():
+                raise ValueError(f"data.path={self.path!r}: no such folder")
+        return self
+
+    @property
+    def size(self) -> int:
+        return self.image_size or NATIVE_SIZE.get(self.name, 64)
+
+
+class ViewsConfig(Strict):
+    n_global: int = Field(2, ge=1, le=32, description="V_g")
+    n_local: int = Field(6, ge=0, le=64, description="V_l")
+    global_size: int | None = Field(None, ge=1, description="default: the image size")
+    local_size: int | None = Field(None, ge=1, description="default: half the global size")
+    global_scale: UnitRange = (0.3, 1.0)
+    local_scale: UnitRange = (0.05, 0.3)
+    ratio: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (3 / 4, 4 / 3)
+    flip_p: Probability = 0.5
+    jitter_p: Probability = 0.8
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    saturation: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    grayscale_p: Probability = 0.2
+    blur_p: Probability = 0.5
+    blur_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (0.1, 2.0)
+    solarize_p: Probability = 0.2
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ViewsConfig:
+        for key in ("global_scale", "local_scale", "ratio", "blur_sigma"):
+            lo, hi = getattr(self, key)
+            if lo > hi:
+                raise ValueError(f"views.{key}=[{lo}, {hi}]: lower bound above upper bound")
+        return self
+
+
+class CNNConfig(Strict):
+    name: Literal["cnn"] = "cnn"
+    width: int = Field(32, ge=1, le=1024)
+
+
+class ResNetConfig(Strict):
+    name: Literal["resnet18"]
+
+
+class ViTConfig(Strict):
+    name: Literal["vit"]
+    preset: Literal["tiny", "small", "nano"] = "tiny"
+    patch_size: int | None = Field(None, ge=1, le=64)
+    dim: int | None = Field(None, ge=8, le=4096)
+    depth: int | None = Field(None, ge=1, le=64)
+    heads: int | None = Field(None, ge=1, le=64)
+    mlp_ratio: float | None = Field(None, gt=0, le=16)
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+    @property
+    def patch(self) -> int:
+        from jepa_sweeps.models.vit import PRESETS
+
+        return self.patch_size or PRESETS[self.preset]["patch_size"]
+
+
+EncoderConfig = Annotated[Union[CNNConfig, ResNetConfig, ViTConfig], Field(discriminator="name")]
+
+
+def _objective_models() -> tuple[type[BaseModel], ...]:
+    """One config model per registered objective: its params plus a ``name`` tag."""
+    return tuple(
+        create_model(
+            f"{name.capitalize()}Objective",
+            __base__=cls.Params,
+            name=(Literal[name], ...),  # type: ignore[valid-type]
+        )
+        for name, cls in sorted(REGISTRY.items())
+    )
+
+
+ObjectiveConfig = Annotated[Union[_objective_models()], Field(discriminator="name")]  # type: ignore[valid-type]
+
+
+class ProjectorConfig(Strict):
+    hidden_dim: int = Field(512, ge=1, le=65536)
+    out_dim: int = Field(64, ge=1, le=65536)
+    num_layers: int = Field(3, ge=1, le=8)
+
+
+class OptimConfig(Strict):
+    batch_size: int = Field(128, ge=2, le=1 << 20, description="global batch of one step")
+    lr: float = Field(5e-4, gt=0.0, le=10.0, description="learning rate at batch 256")
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="final lr / peak lr (cosine)")
+    probe_lr: float = Field(1e-3, gt=0.0, le=10.0)
+
+    def scaled_lr(self) -> float:
+        ratio = self.batch_size / 256
+        return self.lr * {"linear": ratio, "sqrt": ratio**0.5, "none": 1.0}[self.lr_scaling]
+
+
+class EvalConfig(Strict):
+    every: int = Field(1, ge=1, description="evaluate every k epochs (and at the last)")
+    knn_k: int = Field(20, ge=1, le=1000)
+    knn_temperature: float = Field(0.07, gt=0.0, le=10.0)
+    val_batches: int = Field(2, ge=1, le=1000, description="held-out batches for val losses")
+    final_probe_epochs: int = Field(100, ge=0, le=10000, description="0 disables the offline probe")
+
+
+class TrialConfig(Strict):
+    """One training run: everything the per-worker loop needs, nothing about Ray or MLflow."""
+
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    epochs: int = Field(20, ge=1, le=100000)
+    workers: int = Field(1, ge=1, le=4096, description="DDP world size")
+    threads: int | None = Field(None, ge=1, le=256, description="torch threads per worker")
+    checkpoint_every: int = Field(1, ge=1)
+    data: DataConfig = DataConfig()
+    views: ViewsConfig = ViewsConfig()
+    encoder: EncoderConfig = CNNConfig()
+    projector: ProjectorConfig = ProjectorConfig()
+    objective: ObjectiveConfig = Field(default_factory=lambda: {"name": "sigreg"}, validate_default=True)  # type: ignore[assignment]
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialConfig:
+        b, w = self.optim.batch_size, self.workers
+        if b % w or b // w < 2:
+            raise ValueError(
+                f"optim.batch_size={b} must be a multiple of workers={w} with ≥ 2 images per worker"
+            )
+        image, g, l = self.data.size, self.global_size, self.local_size
+        if g > image:
+            raise ValueError(f"views.global_size={g} is larger than the {image}px images")
+        if l > g:
+            raise ValueError(f"views.local_size={l} is larger than views.global_size={g}")
+        if isinstance(self.encoder, ViTConfig):
+            p = self.encoder.patch
+            for key, size in (("global_size", g), ("local_size", l)):
+                if size % p and (key == "global_size" or self.views.n_local):
+                    raise ValueError(f"views.{key}={size} is not divisible by the ViT patch size {p}")
+        if self.objective.name == "infonce" and self.views.n_global + self.views.n_local < 2:
+            raise ValueError("objective.name='infonce' needs at least 2 views")
+        return self
+
+    @property
+    def global_size(self) -> int:
+        return self.views.global_size or self.data.size
+
+    @property
+    def local_size(self) -> int:
+        if self.views.local_size:
+            return self.views.local_size
+        size = max(self.global_size // 2, 1)
+        if isinstance(self.encoder, ViTConfig):
+            size = max(size - size % self.encoder.patch, self.encoder.patch)
+        return size
+
+    @property
+    def objective_params(self) -> dict[str, Any]:
+        return self.objective.model_dump(exclude={"name"})
+
+
+class ConfigError(ValueError):
+    """A user-facing validation error: short, naming the key and value."""
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    """Dotted key path without pydantic's union tags (``objective.ema.lam`` → ``objective.lam``)."""
+    parts: list[str] = []
+    for i, part in enumerate(loc):
+        if i > 0 and loc[i - 1] in ("objective", "encoder") and isinstance(part, str) and not parts[-1:] == [part]:
+            if part in REGISTRY or part in ("cnn", "resnet18", "vit"):
+                continue
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def describe(err: ValidationError, prefix: str = "", limit: int = 3) -> str:
+    """At most ``limit`` lines, each ``key=value: problem``."""
+    lines = []
+    for e in err.errors()[:limit]:
+        key = ".".join(p for p in (prefix, _loc(e["loc"])) if p)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            if key.endswith(".lam") or key == "lam":
+                msg = "not a parameter of this objective (ema has no λ)"
+        elif e["type"] == "union_tag_invalid":
+            msg = msg.replace("Input tag", "unknown name")
+        if e["type"] == "value_error":
+            # our own validators name the key and value themselves
+            lines.append(msg if not _loc(e["loc"]) or msg.startswith(key) else f"{key}: {msg}")
+            continue
+        value = e.get("input")
+        shown = "" if isinstance(value, dict) or value is None and e["type"] == "missing" else f"={value!r}"
+        lines.append(f"{key or '(top level)'}{shown}: {msg}")
+    return "\n".join(lines)
+
+
+def trial_config(data: dict[str, Any]) -> TrialConfig:
+    """Validate a trial config dict, raising ``ConfigError`` with a short message."""
+    try:
+        return TrialConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None

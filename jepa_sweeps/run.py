@@ -1,0 +1,124 @@
+"""``python -m jepa_sweeps.run SPEC [--set k=v ...] [--dry-run] [--fresh]``
+
+Validate → print the plan → connect to (or start) Ray → run or resume the sweep → summary.
+Bad input exits with status 2 and at most three lines, before Ray starts or anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jepa_sweeps.config import ConfigError
+from jepa_sweeps.spec import SweepSpec, load_spec
+from jepa_sweeps.sweep import Locations, home, locate, read_state
+
+EXIT_USAGE = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jepa_sweeps.run", description=__doc__.splitlines()[0])
+    parser.add_argument("spec", help="sweep spec (YAML), e.g. search_spaces/lambda.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a spec field, e.g. --set epochs=5 --set resources.workers=1")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
+    parser.add_argument("--fresh", action="store_true", help="start this sweep over (MLflow keeps old runs)")
+    return parser.parse_args(argv)
+
+
+def check_tracking(uri: str) -> None:
+    """Fail early (exit 2) on a tracking store that cannot work, without creating anything."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+                if response.status != 200:
+                    raise ConfigError(f"mlflow.tracking_uri={uri!r}: server answered {response.status}")
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(f"mlflow.tracking_uri={uri!r}: not reachable ({reason})") from None
+    elif parsed.scheme == "sqlite":
+        folder = Path(parsed.path).parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if existing is None or not os.access(existing, os.W_OK):
+            raise ConfigError(f"mlflow.tracking_uri={uri!r}: cannot create {folder}")
+    elif parsed.scheme not in ("databricks", "postgresql", "mysql", "mssql"):
+        raise ConfigError(f"mlflow.tracking_uri={uri!r}: unsupported scheme (use sqlite:///, http(s):// or a database URI)")
+
+
+def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
+    base = spec.trial_config({})
+    lines = [
+        f"sweep {spec.name!r}: {spec.num_samples} configurations × {spec.seeds} seed(s), "
+        f"{spec.metric} ({spec.mode}), scheduler {spec.scheduler.name}" + (" — resuming" if resume else ""),
+        f"  base: {base.objective.name} on {base.data.name}, encoder {base.encoder.name}, {base.epochs} epochs, "
+        f"batch {base.optim.batch_size}, views {base.views.n_global}+{base.views.n_local}",
+    ]
+    for key, dist in spec.searched.items():
+        shown = dist.model_dump(exclude_defaults=True, mode="json")
+        lines.append(f"  search {key}: {json.dumps(shown)}")
+    for point in spec.points:
+        lines.append(f"  point {json.dumps(point)}")
+    r = spec.resources
+    lines += [
+        f"  each trial: {r.workers} DDP worker(s) × {r.cpus_per_worker} CPU"
+        + (f" + {r.gpus_per_worker} GPU" if r.gpus_per_worker else "")
+        + f", driver {r.driver_cpus} CPU; ≤ {r.max_concurrent_trials} trial(s) at once",
+        f"  storage: {loc.storage}/{spec.name}",
+        f"  mlflow:  {loc.tracking_uri} (experiment {loc.experiment!r})",
+    ]
+    return "\n".join(lines)
+
+
+def init_ray(loc: Locations) -> None:
+    import ray
+
+    env = {"MLFLOW_TRACKING_URI": loc.tracking_uri, "JEPA_SWEEPS_HOME": str(home())}
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)  # inside `ray job submit`, or pointed at a cluster
+    else:
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, 2),
+            include_dashboard=True,  # frees placement groups of stopped trials
+            log_to_driver=False,
+            runtime_env={"env_vars": env},
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        spec = load_spec(args.spec, args.overrides)
+        loc = locate(spec)
+        check_tracking(loc.tracking_uri)
+        state = read_state(spec, loc)
+        if state and state.get("digest") != spec.digest() and not args.fresh:
+            raise ConfigError(
+                f"name={spec.name!r}: the spec changed since this sweep started (digest {state.get('digest')} → "
+                f"{spec.digest()}); pass --fresh to start it over, or give it a new name"
+            )
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    resume = bool(state) and not args.fresh
+    print(plan(spec, loc, resume), flush=True)
+    if args.dry_run:
+        return 0
+    from jepa_sweeps.sweep import finish_sweep, start_sweep
+
+    init_ray(loc)
+    session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
+    results = session.fit()
+    print(finish_sweep(spec, loc, session, results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

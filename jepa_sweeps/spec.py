@@ -1,0 +1,329 @@
+"""The sweep spec: YAML → validated ``SweepSpec`` (pydantic), with ``--set key=value`` overrides.
+
+A spec is the base trial config plus what varies (``search``), what is evaluated first
+(``points``), what is optimised (``metric``/``mode``), how trials are scheduled and where results
+go. Every field has a default, so a spec can be a few lines. Errors are ``ConfigError``s of at
+most three lines naming the key and value; nothing is started or written before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from jepa_sweeps.config import ConfigError, Strict, TrialConfig, describe
+from jepa_sweeps.objectives import REGISTRY
+
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+
+
+class Distribution(Strict):
+    """One searched parameter: ``{loguniform: [lo, hi]}``, ``{uniform: ...}``, ``{int: ...}``,
+    ``{choice: [...]}`` (items may themselves be distributions: "0 or loguniform[1e-3, 0.5]"),
+    optionally ``when: <objective name(s)>``."""
+
+    kind: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    options: tuple[Any, ...] = ()
+    when: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or "kind" in value:
+            return value
+        value = dict(value)
+        when = value.pop("when", ())
+        when = (when,) if isinstance(when, str) else tuple(when or ())
+        kinds = [k for k in value if k in DISTRIBUTIONS]
+        if len(kinds) != 1 or len(value) != 1:
+            raise ValueError(f"expected one of {'/'.join(DISTRIBUTIONS)} (and optionally 'when'), got {sorted(value)}")
+        kind = kinds[0]
+        arg = value[kind]
+        if kind == "choice":
+            if not isinstance(arg, list) or not arg:
+                raise ValueError(f"choice needs a non-empty list, got {arg!r}")
+            options = tuple(Distribution.model_validate(o) if isinstance(o, dict) else o for o in arg)
+            return {"kind": kind, "options": options, "when": when}
+        if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
+            raise ValueError(f"{kind} needs [low, high], got {arg!r}")
+        return {"kind": kind, "low": arg[0], "high": arg[1], "when": when}
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Distribution:
+        if self.kind != "choice":
+            if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+                raise ValueError(f"{self.kind}[{self.low}, {self.high}]: low must be below high")
+            if self.kind == "loguniform" and self.low <= 0:
+                raise ValueError(f"loguniform[{self.low}, {self.high}]: bounds must be positive")
+            if self.kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+                raise ValueError(f"int[{self.low}, {self.high}]: bounds must be integers")
+        for option in self.options:
+            if isinstance(option, Distribution) and option.kind == "choice":
+                raise ValueError("a choice inside a choice: list its options in one choice")
+            if isinstance(option, (dict, list)):
+                raise ValueError(f"choice option {option!r} is neither a value nor a distribution")
+        return self
+
+    def contains(self, value: Any) -> bool:
+        if self.kind == "choice":
+            return any(o.contains(value) if isinstance(o, Distribution) else o == value for o in self.options)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high and (self.kind != "int" or float(value).is_integer())
+
+    def values(self) -> list[Any]:
+        """The values the parameter can take, as far as finite (for validating every one)."""
+        if self.kind == "choice":
+            return [v for o in self.options for v in (o.values() if isinstance(o, Distribution) else [o])]
+        return [int(self.low) if self.kind == "int" else self.low, int(self.high) if self.kind == "int" else self.high]
+
+    def label(self) -> str:
+        return f"{self.kind}[{self.low:g}, {self.high:g}]"
+
+
+class SchedulerSpec(Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(3, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class OptunaSpec(Strict):
+    seed: int = Field(0, ge=0)
+    n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE acts")
+
+
+class ResourcesSpec(Strict):
+    workers: int = Field(2, ge=1, le=4096, description="DDP workers per trial")
+    cpus_per_worker: float = Field(0.5, gt=0.0, le=1024)
+    gpus_per_worker: float = Field(0.0, ge=0.0, le=64)
+    driver_cpus: float = Field(0.5, gt=0.0, le=64, description="CPUs of each trial's driver")
+    max_concurrent_trials: int = Field(1, ge=1, le=10000)
+    driver_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom resources pinning trial drivers, e.g. {head: 0.01}"
+    )
+
+
+class MLflowSpec(Strict):
+    tracking_uri: str | None = None
+    experiment: str | None = Field(None, min_length=1, max_length=200)
+
+
+class FailureSpec(Strict):
+    max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts per trial")
+    checkpoints_to_keep: int = Field(2, ge=1, le=1000)
+
+
+class SweepSpec(Strict):
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    trial: dict[str, Any] = Field(default_factory=dict, description="the base trial config")
+    search: dict[str, Distribution | Any] = Field(default_factory=dict)
+    points: list[dict[str, Any]] = Field(default_factory=list)
+    metric: str = "knn_acc"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1, le=100000, description="configurations to try")
+    seeds: int = Field(1, ge=1, le=100, description="runs per configuration (seed, seed+1, ...)")
+    scheduler: SchedulerSpec = SchedulerSpec()
+    optuna: OptunaSpec = OptunaSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    mlflow: MLflowSpec = MLflowSpec()
+    storage: str | None = Field(None, description="Ray storage: absolute path or s3:// / gs:// URI")
+    failures: FailureSpec = FailureSpec()
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _search(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {k: Distribution.model_validate(v) if isinstance(v, dict) else v for k, v in value.items()}
+
+    @property
+    def searched(self) -> dict[str, Distribution]:
+        return {k: v for k, v in self.search.items() if isinstance(v, Distribution)}
+
+    @property
+    def n_startup_trials(self) -> int:
+        if self.optuna.n_startup_trials is not None:
+            return self.optuna.n_startup_trials
+        return min(10, max(1, self.num_samples // 3))
+
+    def base_trial(self) -> dict[str, Any]:
+        """The base trial config with fixed search values applied and the world size set."""
+        base = json.loads(json.dumps(self.trial))
+        for key, value in self.search.items():
+            if not isinstance(value, Distribution):
+                set_path(base, key, value)
+        base["workers"] = self.resources.workers
+        if isinstance(base.get("objective", {}), dict):
+            base.setdefault("objective", {}).setdefault("name", "sigreg")
+        return base
+
+    def trial_config(self, params: dict[str, Any]) -> TrialConfig:
+        """The trial config for searched values ``params`` (dotted keys), validated."""
+        cfg = self.base_trial()
+        name = params.get("objective.name", get_path(cfg, "objective.name", "sigreg"))
+        for key, value in params.items():
+            if key.startswith("objective.") and key != "objective.name":
+                if key.split(".", 1)[1] not in REGISTRY[name].Params.model_fields:
+                    continue  # e.g. no λ for ema
+            set_path(cfg, key, value)
+        if "objective.name" in params:
+            allowed = set(REGISTRY[name].Params.model_fields) | {"name"}
+            cfg["objective"] = {k: v for k, v in cfg.get("objective", {}).items() if k in allowed}
+        return TrialConfig.model_validate(cfg)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SweepSpec:
+        if self.seeds > 1 and self.scheduler.name != "fifo":
+            raise ValueError(f"seeds={self.seeds} needs scheduler.name='fifo' (ASHA would stop seeds of one group unevenly)")
+        if self.n_startup_trials >= self.num_samples + len(self.points) and self.searched:
+            raise ValueError(
+                f"optuna.n_startup_trials={self.n_startup_trials} is not below num_samples={self.num_samples}: TPE would never act"
+            )
+        if len(self.points) > self.num_samples:
+            raise ValueError(f"points: {len(self.points)} points but num_samples={self.num_samples}")
+        try:
+            TrialConfig.model_validate(self.base_trial())
+        except ValidationError as err:
+            raise ValueError(describe(err, prefix="trial")) from None
+        self._check_search()
+        return self
+
+    def _objective_names(self) -> list[str]:
+        dist = self.search.get("objective.name")
+        if isinstance(dist, Distribution):
+            names = dist.values()
+            unknown = [n for n in names if n not in REGISTRY]
+            if unknown or dist.kind != "choice":
+                raise ValueError(
+                    f"search.objective.name={unknown[0] if unknown else dist.label()!r}: "
+                    f"choose among {', '.join(sorted(REGISTRY))}"
+                )
+            return names
+        return [get_path(self.base_trial(), "objective.name", "sigreg")]
+
+    def _check_search(self) -> None:
+        names = self._objective_names()
+        base = self.base_trial()
+        for key, dist in self.searched.items():
+            if get_path(TrialConfig.model_validate(base).model_dump(), key, _MISSING) is _MISSING and not key.startswith("objective."):
+                raise ValueError(f"search.{key}: no such trial config key")
+            for name in dist.when:
+                if name not in names:
+                    raise ValueError(f"search.{key}.when={name!r}: not among the searched objectives {names}")
+            if key.startswith("objective.") and key != "objective.name":
+                param = key.split(".", 1)[1]
+                holders = [n for n in (dist.when or names) if param in REGISTRY[n].Params.model_fields]
+                if not holders or (dist.when and len(holders) != len(dist.when)):
+                    wrong = next((n for n in (dist.when or names) if n not in holders), names[0])
+                    raise ValueError(f"search.{key}: objective {wrong!r} has no parameter {param!r}")
+            elif dist.when:
+                raise ValueError(f"search.{key}.when: only objective parameters can be conditional")
+        # Every extreme of every searched value must give a valid trial config.
+        for key, dist in self.searched.items():
+            for value in dist.values():
+                params = {key: value}
+                if key.startswith("objective.") and key != "objective.name":
+                    holder = next(n for n in (dist.when or names) if key.split(".", 1)[1] in REGISTRY[n].Params.model_fields)
+                    params["objective.name"] = holder
+                try:
+                    self.trial_config(params)
+                except ValidationError as err:
+                    raise ValueError(f"search.{key}={value!r}: {describe(err, limit=1)}") from None
+        for i, point in enumerate(self.points):
+            for key, value in point.items():
+                if key not in self.searched:
+                    raise ValueError(f"points[{i}].{key}: not a searched parameter")
+                if not self.searched[key].contains(value):
+                    raise ValueError(f"points[{i}].{key}={value!r}: outside its search range")
+            try:
+                self.trial_config(point)
+            except ValidationError as err:
+                raise ValueError(f"points[{i}]: {describe(err, limit=1)}") from None
+
+    def digest(self) -> str:
+        """Hash of what determines the results (not where they are written)."""
+        body = self.model_dump(mode="json", exclude={"mlflow", "storage", "description"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_MISSING = object()
+
+
+def get_path(tree: dict[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs (YAML values) onto the raw spec; keys of the trial config may omit
+    the ``trial.`` prefix (``--set epochs=3``)."""
+    top = set(SweepSpec.model_fields)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}={text!r}: not a valid YAML value") from None
+        if key.split(".")[0] not in top:
+            key = f"trial.{key}"
+        if key.startswith("search."):
+            raw.setdefault("search", {})[key.removeprefix("search.")] = value
+        else:
+            set_path(raw, key, value)
+    return raw
+
+
+def parse_spec(raw: Any, source: str = "spec") -> SweepSpec:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    """Read, override and validate a spec file; the only entry point the CLI needs."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"spec file {str(path)!r}: not found")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        raise ConfigError(f"{path}: empty spec (at least 'name' is needed)")
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return parse_spec(raw, str(path))

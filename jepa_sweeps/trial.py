@@ -1,0 +1,103 @@
+"""One trial = one Ray Train ``TorchTrainer`` run of the training core, driven from Tune.
+
+Ray 2.60 (Train V2) cannot put a trainer inside ``Tuner``; instead a Tune function trainable
+(the trial driver) builds the trainer and calls ``fit()``, and ``TuneReportCallback`` forwards
+rank 0's reports to Tune. The Train run is named after the Tune trial id under a fixed storage
+path, so a restarted trial resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from ray import tune
+from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from jepa_sweeps.config import TrialConfig
+from jepa_sweeps.space import trial_params
+from jepa_sweeps.spec import SweepSpec
+from jepa_sweeps.train import load_checkpoint, save_checkpoint, train
+
+
+def config_for(spec: SweepSpec, config: dict[str, Any]) -> TrialConfig:
+    """The trial config of a Tune trial: searched values on the base, seed offset by the repeat."""
+    cfg = spec.trial_config(trial_params(config))
+    repeat = int(config.get("__trial_index__", 0))
+    return cfg.model_copy(update={"seed": cfg.seed + repeat}) if repeat else cfg
+
+
+class RayHooks:
+    """The training core's host inside a Ray Train worker."""
+
+    def __init__(self) -> None:
+        self.device = ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(Path(directory))
+
+    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(state, Path(directory))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker``: the process group is already up (gloo on CPU, nccl on GPU)."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # one line per report otherwise
+    cfg = TrialConfig.model_validate(config["trial"])
+    if cfg.threads is None:
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
+    train(cfg, RayHooks())
+
+
+def train_storage(spec: SweepSpec, storage: str) -> str:
+    """Where Train runs keep their checkpoints: beside the Tune experiment, not inside it."""
+    return f"{storage.rstrip('/')}/{spec.name}.train"
+
+
+def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
+    """The Tune function trainable (trial driver)."""
+    os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
+    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    cfg = config_for(spec, config)
+    res = spec.resources
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"trial": cfg.model_dump(mode="json"), "cpus_per_worker": res.cpus_per_worker},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{tune.get_context().get_trial_id()}",
+            storage_path=train_storage(spec, storage),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.failures.checkpoints_to_keep),
+            failure_config=ray.train.FailureConfig(
+                max_failures=spec.failures.max_failures, controller_failure_limit=spec.failures.max_failures
+            ),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    trainer.fit()
