@@ -130,7 +130,7 @@ class OptimConfig(Strict):
     weight_decay: float = Field(0.05, ge=0.0, le=10.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="final lr / peak lr (cosine)")
-    probe_lr: float = Field(1e-3, gt=0.0, le=10.0)
+    probe_lr: float = Field(1e-2, gt=0.0, le=10.0, description="online linear probe (fixed lr)")
 
     def scaled_lr(self) -> float:
         ratio = self.batch_size / 256

@@ -21,6 +21,14 @@ MEAN3, STD3 = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 OFF = dict(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
 
 
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return (x - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+
+
+def _unnorm(v: torch.Tensor) -> torch.Tensor:
+    return v * torch.tensor(STD3).view(1, 3, 1, 1) + torch.tensor(MEAN3).view(1, 3, 1, 1)
+
+
 def _images(n: int, c: int = 3, side: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, c, side, side), generator=g, dtype=torch.uint8)
@@ -97,7 +105,7 @@ def test_solarize_formula():
     images, idx = _images(6)
     mc = _identity(32, solarize_p=1.0)
     x = images.float() / 255
-    expected = (torch.where(x >= 0.5, 1 - x, x) - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
+    expected = _norm(torch.where(x >= 0.5, 1 - x, x))
     torch.testing.assert_close(mc(images, idx, epoch=0)[0][0], expected, atol=1e-6, rtol=0)
 
 
@@ -111,8 +119,7 @@ def test_blur_matches_reflect_padded_gaussian_conv(side, k):
     x = F.pad(images.float() / 255, (k // 2,) * 4, mode="reflect")
     x = F.conv2d(x, w.view(1, 1, 1, k).expand(3, 1, 1, k), groups=3)
     x = F.conv2d(x, w.view(1, 1, k, 1).expand(3, 1, k, 1), groups=3)
-    expected = (x - torch.tensor(MEAN3).view(1, 3, 1, 1)) / torch.tensor(STD3).view(1, 3, 1, 1)
-    torch.testing.assert_close(mc(images, idx, epoch=0)[0][0], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mc(images, idx, epoch=0)[0][0], _norm(x), atol=1e-5, rtol=0)
 
 
 def test_colour_jitter_matches_sequential_ops():
@@ -124,7 +131,7 @@ def test_colour_jitter_matches_sequential_ops():
     idx = torch.arange(16)
     strengths = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
     mc = _identity(32, jitter_p=0.5, **strengths)
-    got = mc(images, idx, epoch=4)[0][0] * torch.tensor(STD3).view(1, 3, 1, 1) + torch.tensor(MEAN3).view(1, 3, 1, 1)
+    got = _unnorm(mc(images, idx, epoch=4)[0][0])
 
     u = hash_uniforms(mc.seed, 4, idx, mc.num_views)[0]
     on = (u[:, views._JITTER] < 0.5).view(-1, 1, 1, 1)
@@ -153,7 +160,7 @@ def test_hue_turns_the_way_torchvision_does():
 
     images, idx = _images(64, side=8)
     mc = _identity(8, jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.15)
-    got = mc(images, idx, epoch=0)[0][0] * torch.tensor(STD3).view(1, 3, 1, 1) + torch.tensor(MEAN3).view(1, 3, 1, 1)
+    got = _unnorm(mc(images, idx, epoch=0)[0][0])
     factors = -0.15 + 0.3 * hash_uniforms(mc.seed, 0, idx, mc.num_views)[0, :, views._HUE]
     x = images.float() / 255
     same = torch.stack([adjust_hue(x[i], f.item()) for i, f in enumerate(factors)])
