@@ -21,6 +21,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BadValue(ValueError):
+    """Raised by validators about one key, so that ``describe`` can name it by its full path as
+    written in the spec: ``key`` is relative to the model validated, or "" in a field validator."""
+
+    def __init__(self, key: str, value: Any, problem: str):
+        super().__init__(f"{key}={value!r}: {problem}")
+        self.key, self.value, self.problem = key, value, problem
+
+
 NATIVE_SIZE = {"digits": 8, "cifar10": 32, "cifar100": 32, "stl10": 96}
 
 
@@ -33,9 +42,13 @@ class DataConfig(Strict):
     def _path_exists(self) -> DataConfig:
         if self.name != "digits":
             if self.path is None:
-                raise ValueError(f"data.path is required for dataset {self.name!r}")
-            if not Path(self.path).expanduser().is_dir():
-                raise ValueError(f"data.path={self.path!r}: no such folder")
+                raise BadValue("path", None, f"required for dataset {self.name!r}")
+            try:
+                found = Path(self.path).expanduser().is_dir()
+            except RuntimeError:  # "~user" of an unknown user
+                found = False
+            if not found:
+                raise BadValue("path", self.path, "no such folder")
         return self
 
     @property
@@ -67,7 +80,7 @@ class ViewsConfig(Strict):
         for key in ("global_scale", "local_scale", "ratio", "blur_sigma"):
             lo, hi = getattr(self, key)
             if lo > hi:
-                raise ValueError(f"views.{key}=[{lo}, {hi}]: lower bound above upper bound")
+                raise BadValue(key, [lo, hi], "lower bound above upper bound")
         return self
 
 
@@ -165,21 +178,19 @@ class TrialConfig(Strict):
     def _consistent(self) -> TrialConfig:
         b, w = self.optim.batch_size, self.workers
         if b % w or b // w < 2:
-            raise ValueError(
-                f"optim.batch_size={b} must be a multiple of workers={w} with ≥ 2 images per worker"
-            )
+            raise BadValue("optim.batch_size", b, f"must be a multiple of the {w} DDP worker(s), ≥ 2 images each")
         image, g, l = self.data.size, self.global_size, self.local_size
         if g > image:
-            raise ValueError(f"views.global_size={g} is larger than the {image}px images")
+            raise BadValue("views.global_size", g, f"larger than the {image}px images of {self.data.name}")
         if l > g:
-            raise ValueError(f"views.local_size={l} is larger than views.global_size={g}")
+            raise BadValue("views.local_size", l, f"larger than views.global_size={g}")
         if isinstance(self.encoder, ViTConfig):
             p = self.encoder.patch
             for key, size in (("global_size", g), ("local_size", l)):
                 if size % p and (key == "global_size" or self.views.n_local):
-                    raise ValueError(f"views.{key}={size} is not divisible by the ViT patch size {p}")
+                    raise BadValue(f"views.{key}", size, f"not divisible by the ViT patch size {p}")
         if self.objective.name == "infonce" and self.views.n_global + self.views.n_local < 2:
-            raise ValueError("objective.name='infonce' needs at least 2 views")
+            raise BadValue("objective.name", "infonce", "needs at least 2 views (views.n_global + views.n_local)")
         return self
 
     @property
@@ -204,39 +215,54 @@ class ConfigError(ValueError):
     """A user-facing validation error: short, naming the key and value."""
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    """Dotted key path without pydantic's union tags (``objective.ema.lam`` → ``objective.lam``)."""
-    parts: list[str] = []
-    for i, part in enumerate(loc):
-        if i > 0 and loc[i - 1] in ("objective", "encoder") and isinstance(part, str) and not parts[-1:] == [part]:
-            if part in REGISTRY or part in ("cnn", "resnet18", "vit"):
-                continue
-        if isinstance(part, str) and part.startswith("function-"):
-            continue
-        parts.append(str(part))
-    return ".".join(parts)
+def join_key(*parts: Any) -> str:
+    """Dotted key path as written in a spec: list indices as ``[i]``, pydantic's union tags
+    (``objective.ema.lam`` → ``objective.lam``) and validator names dropped."""
+    out = ""
+    previous: Any = None
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part and not part.startswith("function-") and not (
+            previous in ("objective", "encoder") and (part in REGISTRY or part in ("cnn", "resnet18", "vit"))
+        ):
+            out = f"{out}.{part}" if out else part
+        previous = part
+    return out
+
+
+def _line(e: dict[str, Any], prefix: str) -> str:
+    """One pydantic error as ``key=value: problem``."""
+    key, kind, value = join_key(prefix, *e["loc"]), e["type"], e.get("input")
+    error = (e.get("ctx") or {}).get("error")
+    if isinstance(error, BadValue):
+        return f"{join_key(key, *error.key.split('.'))}={error.value!r}: {error.problem}"
+    if kind == "value_error":  # a validator that names its keys relative to the top
+        msg = e["msg"].removeprefix("Value error, ")
+        return msg if msg.startswith(key) else f"{key}: {msg}"
+    if kind == "extra_forbidden":
+        problem = "not a parameter of this objective (ema has no λ)" if key.endswith("lam") else "unknown key"
+        return f"{key}={value!r}: {problem}"
+    if kind == "union_tag_invalid":
+        tags = e["ctx"]["expected_tags"].replace("'", "")
+        return f"{key}.name={value.get('name')!r}: unknown; choose among {tags}"
+    if kind == "union_tag_not_found":
+        return f"{key}.name: missing (it selects the kind of {key.rsplit('.', 1)[-1]})"
+    if kind == "invalid_key":
+        return f"{join_key(prefix, *e['loc'][:-1]) or '(top level)'}: key {value!r} is not a string"
+    if kind == "literal_error":
+        expected = e["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
+        return f"{key}={value!r}: unknown; choose among {expected}"
+    if kind == "missing":
+        return f"{key}: missing (required)"
+    shown = "" if isinstance(value, dict) else f"={value!r}"
+    return f"{key or '(top level)'}{shown}: {e['msg'].removeprefix('Input ')}"
 
 
 def describe(err: ValidationError, prefix: str = "", limit: int = 3) -> str:
-    """At most ``limit`` lines, each ``key=value: problem``."""
-    lines = []
-    for e in err.errors()[:limit]:
-        key = ".".join(p for p in (prefix, _loc(e["loc"])) if p)
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-            if key.endswith(".lam") or key == "lam":
-                msg = "not a parameter of this objective (ema has no λ)"
-        elif e["type"] == "union_tag_invalid":
-            msg = msg.replace("Input tag", "unknown name")
-        if e["type"] == "value_error":
-            # our own validators name the key and value themselves
-            lines.append(msg if not _loc(e["loc"]) or msg.startswith(key) else f"{key}: {msg}")
-            continue
-        value = e.get("input")
-        shown = "" if isinstance(value, dict) or value is None and e["type"] == "missing" else f"={value!r}"
-        lines.append(f"{key or '(top level)'}{shown}: {msg}")
-    return "\n".join(lines)
+    """At most ``limit`` lines, each ``key=value: problem``, keys prefixed with ``prefix``."""
+    lines = [line for e in err.errors() for line in _line(e, prefix).splitlines()]
+    return "\n".join(lines[:limit])
 
 
 def trial_config(data: dict[str, Any]) -> TrialConfig:

@@ -7,12 +7,14 @@ Bad input exits with status 2 and at most three lines, before Ray starts or anyt
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from jepa_sweeps.config import ConfigError
@@ -40,7 +42,7 @@ def check_tracking(uri: str) -> None:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
                 if response.status != 200:
                     raise ConfigError(f"mlflow.tracking_uri={uri!r}: server answered {response.status}")
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", err)
             raise ConfigError(f"mlflow.tracking_uri={uri!r}: not reachable ({reason})") from None
     elif parsed.scheme == "sqlite":
@@ -50,6 +52,21 @@ def check_tracking(uri: str) -> None:
             raise ConfigError(f"mlflow.tracking_uri={uri!r}: cannot create {folder}")
     elif parsed.scheme not in ("databricks", "postgresql", "mysql", "mssql"):
         raise ConfigError(f"mlflow.tracking_uri={uri!r}: unsupported scheme (use sqlite:///, http(s):// or a database URI)")
+
+
+def earlier_state(spec: SweepSpec, loc: Locations, fresh: bool) -> dict[str, Any] | None:
+    """The state of an earlier sweep of this name; an unreadable one only matters without ``--fresh``."""
+    try:
+        state = read_state(spec, loc)
+    except (OSError, ValueError) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+    else:
+        if state is None or isinstance(state, dict):
+            return state
+        problem = f"expected a JSON object, got {type(state).__name__}"
+    if fresh:
+        return None
+    raise ConfigError(f"name={spec.name!r}: unreadable state of an earlier sweep ({problem}); pass --fresh to start it over")
 
 
 def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
@@ -98,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_spec(args.spec, args.overrides)
         loc = locate(spec)
         check_tracking(loc.tracking_uri)
-        state = read_state(spec, loc)
+        state = earlier_state(spec, loc, args.fresh)
         if state and state.get("digest") != spec.digest() and not args.fresh:
             raise ConfigError(
                 f"name={spec.name!r}: the spec changed since this sweep started (digest {state.get('digest')} → "

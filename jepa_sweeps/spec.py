@@ -8,16 +8,19 @@ most three lines naming the key and value; nothing is started or written before 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from jepa_sweeps.config import ConfigError, Strict, TrialConfig, describe
+from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
 from jepa_sweeps.objectives import REGISTRY
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -40,11 +43,15 @@ class Distribution(Strict):
         if not isinstance(value, dict) or "kind" in value:
             return value
         value = dict(value)
-        when = value.pop("when", ())
-        when = (when,) if isinstance(when, str) else tuple(when or ())
+        when = value.pop("when", [])
+        if not isinstance(when, (str, list)):
+            raise ValueError(f"when={when!r}: expected an objective name or a list of them")
+        when = (when,) if isinstance(when, str) else tuple(when)
         kinds = [k for k in value if k in DISTRIBUTIONS]
-        if len(kinds) != 1 or len(value) != 1:
-            raise ValueError(f"expected one of {'/'.join(DISTRIBUTIONS)} (and optionally 'when'), got {sorted(value)}")
+        if len(kinds) != 1:
+            raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTIONS)} (and optionally when), got {list(value)}")
+        if len(value) != 1:
+            raise ValueError(f"unknown key {next(k for k in value if k != kinds[0])!r} beside {kinds[0]}")
         kind = kinds[0]
         arg = value[kind]
         if kind == "choice":
@@ -68,6 +75,8 @@ class Distribution(Strict):
         for option in self.options:
             if isinstance(option, Distribution) and option.kind == "choice":
                 raise ValueError("a choice inside a choice: list its options in one choice")
+            if isinstance(option, Distribution) and option.when:
+                raise ValueError("when inside a choice option: put it beside the choice")
             if isinstance(option, (dict, list)):
                 raise ValueError(f"choice option {option!r} is neither a value nor a distribution")
         return self
@@ -115,14 +124,35 @@ class MLflowSpec(Strict):
     tracking_uri: str | None = None
     experiment: str | None = Field(None, min_length=1, max_length=200)
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                urlparse(value).port
+            except ValueError as err:
+                raise BadValue("", value, f"not a valid URI ({err})") from None
+        return value
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str | None) -> str | None:
+        """The experiment names the artifact folder of a local store: it must stay one folder."""
+        if value is not None and (value.strip(".") == "" or any(c in value for c in "/\\\0")):
+            raise BadValue("", value, "must not contain '/', '\\' or be '.'/'..' (it names a folder)")
+        return value
+
 
 class FailureSpec(Strict):
     max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts per trial")
     checkpoints_to_keep: int = Field(2, ge=1, le=1000)
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 class SweepSpec(Strict):
-    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(..., min_length=1, max_length=100)
     description: str = ""
     trial: dict[str, Any] = Field(default_factory=dict, description="the base trial config")
     search: dict[str, Distribution | Any] = Field(default_factory=dict)
@@ -138,12 +168,36 @@ class SweepSpec(Strict):
     storage: str | None = Field(None, description="Ray storage: absolute path or s3:// / gs:// URI")
     failures: FailureSpec = FailureSpec()
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        """Names become folder names (storage, artifacts): no way out of the storage folder."""
+        if not NAME.fullmatch(value):
+            raise BadValue("", value, "use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+        return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            try:
+                Path(value).expanduser().resolve()
+            except (RuntimeError, ValueError, OSError) as err:
+                raise BadValue("", value, f"not a usable path ({err})") from None
+        return value
+
     @field_validator("search", mode="before")
     @classmethod
     def _search(cls, value: Any) -> Any:
         if not isinstance(value, dict):
             return value
-        return {k: Distribution.model_validate(v) if isinstance(v, dict) else v for k, v in value.items()}
+        out = {}
+        for key, dist in value.items():
+            try:
+                out[key] = Distribution.model_validate(dist) if isinstance(dist, dict) else dist
+            except ValidationError as err:
+                raise ValueError(describe(err, prefix=f"search.{key}", limit=1)) from None
+        return out
 
     @property
     def searched(self) -> dict[str, Distribution]:
@@ -157,7 +211,7 @@ class SweepSpec(Strict):
 
     def base_trial(self) -> dict[str, Any]:
         """The base trial config with fixed search values applied and the world size set."""
-        base = json.loads(json.dumps(self.trial))
+        base = copy.deepcopy(self.trial)
         for key, value in self.search.items():
             if not isinstance(value, Distribution):
                 set_path(base, key, value)
@@ -182,9 +236,11 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
+        if "workers" in self.trial:
+            raise BadValue("trial.workers", self.trial["workers"], "set resources.workers instead (the DDP world size)")
         if self.seeds > 1 and self.scheduler.name != "fifo":
             raise ValueError(f"seeds={self.seeds} needs scheduler.name='fifo' (ASHA would stop seeds of one group unevenly)")
-        if self.n_startup_trials >= self.num_samples + len(self.points) and self.searched:
+        if self.n_startup_trials >= self.num_samples and self.searched:
             raise ValueError(
                 f"optuna.n_startup_trials={self.n_startup_trials} is not below num_samples={self.num_samples}: TPE would never act"
             )
@@ -204,7 +260,7 @@ class SweepSpec(Strict):
             unknown = [n for n in names if n not in REGISTRY]
             if unknown or dist.kind != "choice":
                 raise ValueError(
-                    f"search.objective.name={unknown[0] if unknown else dist.label()!r}: "
+                    f"search.objective.name={unknown[0] if unknown else dist.label()!r}: unknown; "
                     f"choose among {', '.join(sorted(REGISTRY))}"
                 )
             return names
@@ -237,7 +293,7 @@ class SweepSpec(Strict):
                 try:
                     self.trial_config(params)
                 except ValidationError as err:
-                    raise ValueError(f"search.{key}={value!r}: {describe(err, limit=1)}") from None
+                    raise ValueError(f"search.{key}={value!r}: {describe(err, prefix='trial', limit=1)}") from None
         for i, point in enumerate(self.points):
             for key, value in point.items():
                 if key not in self.searched:
@@ -247,7 +303,7 @@ class SweepSpec(Strict):
             try:
                 self.trial_config(point)
             except ValidationError as err:
-                raise ValueError(f"points[{i}]: {describe(err, limit=1)}") from None
+                raise ValueError(f"points[{i}]: {describe(err, prefix='trial', limit=1)}") from None
 
     def digest(self) -> str:
         """Hash of what determines the results (not where they are written)."""
@@ -293,7 +349,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if key.split(".")[0] not in top:
             key = f"trial.{key}"
         if key.startswith("search."):
-            raw.setdefault("search", {})[key.removeprefix("search.")] = value
+            if not isinstance(raw.setdefault("search", {}), dict):
+                raise ConfigError(f"--set {item!r}: search is not a mapping in the spec")
+            raw["search"][key.removeprefix("search.")] = value
         else:
             set_path(raw, key, value)
     return raw
@@ -315,6 +373,8 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
         raise ConfigError(f"spec file {str(path)!r}: not found")
     try:
         raw = yaml.safe_load(file.read_text())
+    except OSError as err:
+        raise ConfigError(f"spec file {str(path)!r}: cannot read ({err.strerror})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

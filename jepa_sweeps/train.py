@@ -105,7 +105,8 @@ class LeJEPA(nn.Module):
 
     def embed_views(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features (V, N, D) and projections (V, N, K) of view groups (V_i, N, C, S_i, S_i)."""
-        feats = [self.backbone(g.flatten(0, 1)).unflatten(0, g.shape[:2]) for g in groups]
+        dtype = self.probe[1].weight.dtype  # views are float32; the model may run in float64 (tests)
+        feats = [self.backbone(g.to(dtype).flatten(0, 1)).unflatten(0, g.shape[:2]) for g in groups]
         h = torch.cat(feats)
         return h, self.projector(h.flatten(0, 1)).unflatten(0, h.shape[:2])
 
@@ -137,7 +138,7 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, globals_: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(globals_.flatten(0, 1))
+        h = self.backbone(globals_.to(self.projector.net[0].weight.dtype).flatten(0, 1))
         return self.projector(h).unflatten(0, globals_.shape[:2])
 
     def update(self, model: LeJEPA, momentum: float) -> None:
@@ -358,7 +359,7 @@ class Trainer:
                 self.hooks.report(dict(self.metrics), None)
                 return dict(self.metrics)
             final = self.epoch == cfg.epochs
-            if self.epoch % cfg.eval.every == 0 or final:
+            if self.epoch % cfg.eval.every == 0 or final or "knn_acc" not in self.metrics:
                 self.metrics.update(self.evaluate(final))
             self.metrics.update(
                 {k: float(v) / len(batches) for k, v in sums.items()},
