@@ -231,31 +231,39 @@ def join_key(*parts: Any) -> str:
     return out
 
 
+def _short(value: Any) -> str:
+    """``repr`` cut to one readable length: a message must not drown in a pasted value."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:76]}..."
+
+
 def _line(e: dict[str, Any], prefix: str) -> str:
     """One pydantic error as ``key=value: problem``."""
-    key, kind, value = join_key(prefix, *e["loc"]), e["type"], e.get("input")
+    loc, kind, value = e["loc"], e["type"], e.get("input")
+    key = join_key(prefix, *loc)
     error = (e.get("ctx") or {}).get("error")
     if isinstance(error, BadValue):
-        return f"{join_key(key, *error.key.split('.'))}={error.value!r}: {error.problem}"
+        return f"{join_key(key, *error.key.split('.'))}={_short(error.value)}: {error.problem}"
     if kind == "value_error":  # a validator that names its keys relative to the top
         msg = e["msg"].removeprefix("Value error, ")
         return msg if msg.startswith(key) else f"{key}: {msg}"
     if kind == "extra_forbidden":
-        problem = "not a parameter of this objective (ema has no λ)" if key.endswith("lam") else "unknown key"
-        return f"{key}={value!r}: {problem}"
+        ema = key.endswith(".lam") or key == "lam"
+        return f"{key}={_short(value)}: {'not a parameter of this objective (ema has no λ)' if ema else 'unknown key'}"
     if kind == "union_tag_invalid":
         tags = e["ctx"]["expected_tags"].replace("'", "")
-        return f"{key}.name={value.get('name')!r}: unknown; choose among {tags}"
+        return f"{key}.name={_short(value.get('name'))}: unknown; choose among {tags}"
     if kind == "union_tag_not_found":
         return f"{key}.name: missing (it selects the kind of {key.rsplit('.', 1)[-1]})"
-    if kind == "invalid_key":
-        return f"{join_key(prefix, *e['loc'][:-1]) or '(top level)'}: key {value!r} is not a string"
+    if kind == "invalid_key" or loc[-1:] == ("[key]",):  # a non-string key of a mapping
+        mapping = join_key(prefix, *loc[: -1 if kind == "invalid_key" else -2]) or "(top level)"
+        return f"{mapping}: key {_short(value)} is not a string"
     if kind == "literal_error":
         expected = e["ctx"]["expected"].replace("'", "").replace(" or ", ", ")
-        return f"{key}={value!r}: unknown; choose among {expected}"
+        return f"{key}={_short(value)}: unknown; choose among {expected}"
     if kind == "missing":
         return f"{key}: missing (required)"
-    shown = "" if isinstance(value, dict) else f"={value!r}"
+    shown = "" if isinstance(value, dict) else f"={_short(value)}"
     return f"{key or '(top level)'}{shown}: {e['msg'].removeprefix('Input ')}"
 
 

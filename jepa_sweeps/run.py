@@ -34,6 +34,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def creatable(folder: Path) -> bool:
+    """Whether ``folder`` exists or could be made, judged without creating anything."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
+def check_storage(storage: str) -> None:
+    """A local storage folder that cannot be made would only fail after Ray started."""
+    if "://" not in storage and not creatable(Path(storage)):
+        raise ConfigError(f"storage={storage!r}: cannot create this folder")
+
+
 def check_tracking(uri: str) -> None:
     """Fail early (exit 2) on a tracking store that cannot work, without creating anything."""
     parsed = urlparse(uri)
@@ -46,9 +58,8 @@ def check_tracking(uri: str) -> None:
             reason = getattr(err, "reason", err)
             raise ConfigError(f"mlflow.tracking_uri={uri!r}: not reachable ({reason})") from None
     elif parsed.scheme == "sqlite":
-        folder = Path(parsed.path).parent
-        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is None or not os.access(existing, os.W_OK):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not creatable(folder):
             raise ConfigError(f"mlflow.tracking_uri={uri!r}: cannot create {folder}")
     elif parsed.scheme not in ("databricks", "postgresql", "mysql", "mssql"):
         raise ConfigError(f"mlflow.tracking_uri={uri!r}: unsupported scheme (use sqlite:///, http(s):// or a database URI)")
@@ -66,7 +77,9 @@ def earlier_state(spec: SweepSpec, loc: Locations, fresh: bool) -> dict[str, Any
         problem = f"expected a JSON object, got {type(state).__name__}"
     if fresh:
         return None
-    raise ConfigError(f"name={spec.name!r}: unreadable state of an earlier sweep ({problem}); pass --fresh to start it over")
+    raise ConfigError(
+        f"name={spec.name!r}: unreadable state of an earlier sweep ({problem}); pass --fresh to start it over"
+    )
 
 
 def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, args.overrides)
         loc = locate(spec)
+        check_storage(loc.storage)
         check_tracking(loc.tracking_uri)
         state = earlier_state(spec, loc, args.fresh)
         if state and state.get("digest") != spec.digest() and not args.fresh:

@@ -49,7 +49,9 @@ class Distribution(Strict):
         when = (when,) if isinstance(when, str) else tuple(when)
         kinds = [k for k in value if k in DISTRIBUTIONS]
         if len(kinds) != 1:
-            raise ValueError(f"expected exactly one of {', '.join(DISTRIBUTIONS)} (and optionally when), got {list(value)}")
+            raise ValueError(
+                f"expected exactly one of {', '.join(DISTRIBUTIONS)} (and optionally when), got {list(value)}"
+            )
         if len(value) != 1:
             raise ValueError(f"unknown key {next(k for k in value if k != kinds[0])!r} beside {kinds[0]}")
         kind = kinds[0]
@@ -65,7 +67,11 @@ class Distribution(Strict):
 
     @model_validator(mode="after")
     def _bounds(self) -> Distribution:
+        if self.kind == "choice" and not self.options:
+            raise ValueError("choice needs a non-empty list of options")
         if self.kind != "choice":
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.kind} needs [low, high]")
             if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
                 raise ValueError(f"{self.kind}[{self.low}, {self.high}]: low must be below high")
             if self.kind == "loguniform" and self.low <= 0:
@@ -127,6 +133,7 @@ class MLflowSpec(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
+        """A malformed URI (bad port, unclosed IPv6 bracket) is refused here, not where it is used."""
         if value is not None:
             try:
                 urlparse(value).port
@@ -179,6 +186,7 @@ class SweepSpec(Strict):
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str | None) -> str | None:
+        """Resolved before Ray starts: a path that cannot be (``~nobody``, NUL) is a spec error."""
         if value is not None and "://" not in value:
             try:
                 Path(value).expanduser().resolve()
@@ -189,6 +197,7 @@ class SweepSpec(Strict):
     @field_validator("search", mode="before")
     @classmethod
     def _search(cls, value: Any) -> Any:
+        """Parse distributions here so that their errors name the searched key."""
         if not isinstance(value, dict):
             return value
         out = {}
@@ -245,7 +254,7 @@ class SweepSpec(Strict):
                 f"optuna.n_startup_trials={self.n_startup_trials} is not below num_samples={self.num_samples}: TPE would never act"
             )
         if len(self.points) > self.num_samples:
-            raise ValueError(f"points: {len(self.points)} points but num_samples={self.num_samples}")
+            raise ValueError(f"points: {len(self.points)} points, more than num_samples={self.num_samples}")
         try:
             TrialConfig.model_validate(self.base_trial())
         except ValidationError as err:
