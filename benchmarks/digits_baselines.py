@@ -21,11 +21,11 @@ from jepa_sweeps.train import LocalHooks, build_model, train
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.05, 0.5])
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    base = {"epochs": args.epochs, "optim": {"batch_size": 128}, "eval": {"every": 5}}
+    base = {"epochs": args.epochs, "optim": {"batch_size": 64, "lr": 2e-3}, "eval": {"every": 5}}
     data = load_dataset("digits")
 
     def prepare(x: torch.Tensor) -> torch.Tensor:

@@ -158,6 +158,19 @@ class EvalConfig(Strict):
     final_probe_epochs: int = Field(100, ge=0, le=10000, description="0 disables the offline probe")
 
 
+# Augmentation defaults for 8×8 digits, where the natural-image defaults destroy the content:
+# a 5% crop of 64 pixels is one pixel, a mirrored digit is another digit, and blur or solarize
+# leave little of the strokes. Explicit values in a config still win.
+DIGITS_VIEWS = {
+    "global_scale": (0.5, 1.0),
+    "local_scale": (0.25, 0.6),
+    "local_size": 6,
+    "flip_p": 0.0,
+    "blur_p": 0.0,
+    "solarize_p": 0.0,
+}
+
+
 class TrialConfig(Strict):
     """One training run: everything the per-worker loop needs, nothing about Ray or MLflow."""
 
@@ -173,6 +186,18 @@ class TrialConfig(Strict):
     objective: ObjectiveConfig = Field(default_factory=lambda: {"name": "sigreg"}, validate_default=True)  # type: ignore[assignment]
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_view_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        dataset = data.get("data")
+        name = dataset.get("name", "digits") if isinstance(dataset, dict) else getattr(dataset, "name", "digits")
+        views = data.get("views", {})
+        if name != "digits" or not isinstance(views, dict):
+            return data
+        return {**data, "views": {**DIGITS_VIEWS, **views}}
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialConfig:

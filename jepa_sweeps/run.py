@@ -91,8 +91,7 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
         f"batch {base.optim.batch_size}, views {base.views.n_global}+{base.views.n_local}",
     ]
     for key, dist in spec.searched.items():
-        shown = dist.model_dump(exclude_defaults=True, mode="json")
-        lines.append(f"  search {key}: {json.dumps(shown)}")
+        lines.append(f"  search {key}: {dist.text()}")
     for point in spec.points:
         lines.append(f"  point {json.dumps(point)}")
     r = spec.resources

@@ -103,6 +103,15 @@ class Distribution(Strict):
     def label(self) -> str:
         return f"{self.kind}[{self.low:g}, {self.high:g}]"
 
+    def text(self) -> str:
+        """Human form for the plan, e.g. ``0 or loguniform[0.001, 0.5] (when vicreg)``."""
+        if self.kind == "choice":
+            parts = [o.label() if isinstance(o, Distribution) else repr(o) for o in self.options]
+            body = " or ".join(parts) if any(isinstance(o, Distribution) for o in self.options) else f"one of {', '.join(parts)}"
+        else:
+            body = self.label()
+        return body + (f" (when {', '.join(self.when)})" if self.when else "")
+
 
 class SchedulerSpec(Strict):
     name: Literal["asha", "fifo"] = "asha"

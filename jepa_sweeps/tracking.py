@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import mlflow
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune.logger import LoggerCallback
@@ -205,11 +205,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: SweepSpec, 
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "spec.yaml")
-        import yaml
-
         path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
         client.log_artifact(run.info.run_id, str(path))
     return run.info.run_id
 
-
-__all__ = ["SweepLogger", "ensure_experiment", "git_commit", "runs_link", "start_parent_run", "mlflow"]
