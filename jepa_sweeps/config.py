@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
 from jepa_sweeps.objectives import REGISTRY
 
@@ -39,10 +39,14 @@ class DataConfig(Strict):
     image_size: int | None = Field(None, ge=4, le=1024, description="resize at load (imagefolder: 64)")
 
     @model_validator(mode="after")
-    def _path_exists(self) -> DataConfig:
+    def _path_exists(self, info: ValidationInfo) -> DataConfig:
+        """Checked unless the context says ``check_paths: False``: the sweep driver describes trials
+        whose folder may have gone since they ran."""
         if self.name != "digits":
             if self.path is None:
                 raise BadValue("path", None, f"required for dataset {self.name!r}")
+            if not (info.context or {}).get("check_paths", True):
+                return self
             try:
                 found = Path(self.path).expanduser().is_dir()
             except RuntimeError:  # "~user" of an unknown user
@@ -111,6 +115,15 @@ class ViTConfig(Strict):
 
         return self.patch_size or PRESETS[self.preset]["patch_size"]
 
+    @model_validator(mode="after")
+    def _heads(self) -> ViTConfig:
+        from jepa_sweeps.models.vit import PRESETS
+
+        dim, heads = self.dim or PRESETS[self.preset]["dim"], self.heads or PRESETS[self.preset]["heads"]
+        if dim % heads or (dim // heads) % 4:
+            raise BadValue("dim", dim, f"must split into {heads} heads of a size divisible by 4 (2D RoPE)")
+        return self
+
 
 EncoderConfig = Annotated[Union[CNNConfig, ResNetConfig, ViTConfig], Field(discriminator="name")]
 
@@ -156,6 +169,10 @@ class EvalConfig(Strict):
     knn_temperature: float = Field(0.07, gt=0.0, le=10.0)
     val_batches: int = Field(2, ge=1, le=1000, description="held-out batches for val losses")
     final_probe_epochs: int = Field(100, ge=0, le=10000, description="0 disables the offline probe")
+    attention_images: int = Field(16, ge=1, le=1024, description="ViTs: fixed test images for attention statistics")
+    attention_threshold: float = Field(0.01, gt=0.0, lt=1.0, description="sparsity: CLS→patch weights below this")
+    extrapolate: bool = Field(True, description="ViTs: also evaluate at 2× the training resolution")
+    plots_every: int = Field(0, ge=0, description="diagnostic PNGs every k epochs too (0: only at the last)")
 
 
 # Augmentation defaults for 8×8 digits, where the natural-image defaults destroy the content:

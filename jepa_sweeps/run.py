@@ -7,18 +7,20 @@ Bad input exits with status 2 and at most three lines, before Ray starts or anyt
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import json
 import os
+import socket
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from jepa_sweeps.config import ConfigError
-from jepa_sweeps.spec import SweepSpec, load_spec
+from jepa_sweeps.spec import SweepSpec, load_spec, redact
 from jepa_sweeps.sweep import Locations, home, locate, read_state
 
 EXIT_USAGE = 2
@@ -51,7 +53,13 @@ def check_tracking(uri: str) -> None:
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            # urllib takes no credentials in a URL: send them as a header (as MLflow's client does).
+            bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+            health = urllib.request.Request(f"{bare.rstrip('/')}/health")
+            if parsed.username is not None:
+                secret = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
+                health.add_header("Authorization", f"Basic {base64.b64encode(secret.encode()).decode()}")
+            with urllib.request.urlopen(health, timeout=10) as response:
                 if response.status != 200:
                     raise ConfigError(f"mlflow.tracking_uri={uri!r}: server answered {response.status}")
         except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
@@ -100,24 +108,81 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
         + (f" + {r.gpus_per_worker} GPU" if r.gpus_per_worker else "")
         + f", driver {r.driver_cpus} CPU; ≤ {r.max_concurrent_trials} trial(s) at once",
         f"  storage: {loc.storage}/{spec.name}",
-        f"  mlflow:  {loc.tracking_uri} (experiment {loc.experiment!r})",
+        f"  mlflow:  {redact(loc.tracking_uri)} (experiment {loc.experiment!r})",
     ]
     return "\n".join(lines)
 
 
 def init_ray(loc: Locations) -> None:
+    """Connect to the cluster (under ``ray job submit`` or with RAY_ADDRESS), else start a local one.
+
+    The local dashboard frees the placement groups of trials ASHA stops: Train's cleaner asks the
+    dashboard's state API whether a trial's controller died. It finds that API by scanning the
+    machine, which fails when another Ray runs beside this one, so its address is passed to every
+    worker explicitly.
+    """
     import ray
 
-    env = {"MLFLOW_TRACKING_URI": loc.tracking_uri, "JEPA_SWEEPS_HOME": str(home())}
+    if ray.is_initialized():  # started by the caller (tests, a notebook)
+        return
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)  # inside `ray job submit`, or pointed at a cluster
-    else:
-        ray.init(
-            address="local",
-            num_cpus=max(os.cpu_count() or 1, 2),
-            include_dashboard=True,  # frees placement groups of stopped trials
-            log_to_driver=False,
-            runtime_env={"env_vars": env},
+        ray.init(log_to_driver=False)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dashboard_port = s.getsockname()[1]
+    env = {
+        "MLFLOW_TRACKING_URI": loc.tracking_uri,
+        "JEPA_SWEEPS_HOME": str(home()),
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
+    }
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, 2),
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+
+
+SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs", "9p", "fuse")
+
+
+def filesystem_type(path: str) -> str:
+    """The type of the mount holding ``path`` (longest mount-point prefix in /proc/mounts)."""
+    best, kind = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return kind
+    target = os.path.realpath(path)
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and (target == fields[1] or target.startswith(fields[1].rstrip("/") + "/")):
+            if len(fields[1]) > len(best):
+                best, kind = fields[1], fields[2]
+    return kind
+
+
+def check_storage_reaches_every_node(storage: str) -> None:
+    """On a multi-node cluster, a head-local storage folder would strand checkpoints on the node
+    that wrote them; refuse it here instead of failing deep inside Ray."""
+    import ray
+
+    hosts = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    refuse_local_storage(storage, len(hosts))
+
+
+def refuse_local_storage(storage: str, hosts: int) -> None:
+    if hosts < 2 or "://" in storage:
+        return
+    kind = filesystem_type(storage)
+    if not kind.startswith(SHARED_FILESYSTEMS):
+        raise ConfigError(
+            f"storage={storage!r} is on a {kind} filesystem local to this node, but the cluster spans "
+            f"{hosts} hosts; use s3://, gs:// or a shared filesystem (--set storage=...)"
         )
 
 
@@ -135,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{spec.digest()}); pass --fresh to start it over, or give it a new name"
             )
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     resume = bool(state) and not args.fresh
     print(plan(spec, loc, resume), flush=True)
@@ -143,7 +208,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from jepa_sweeps.sweep import finish_sweep, start_sweep
 
+    # MLflow prints a "View run" link per finished run, with any credentials of the tracking URI;
+    # the summary ends with one link, redacted.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     init_ray(loc)
+    try:
+        check_storage_reaches_every_node(loc.storage)
+    except ConfigError as err:
+        print(f"error: {redact(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
     session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
     results = session.fit()
     print(finish_sweep(spec, loc, session, results), flush=True)

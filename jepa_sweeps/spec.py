@@ -24,6 +24,13 @@ from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, descr
 from jepa_sweeps.objectives import REGISTRY
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")  # scheme://user:password@
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by ``***``:
+    what is printed or logged must not carry the credentials a URI in a spec may hold."""
+    return CREDENTIALS.sub(r"\1***@", text)
 
 
 class Distribution(Strict):
@@ -238,7 +245,7 @@ class SweepSpec(Strict):
             base.setdefault("objective", {}).setdefault("name", "sigreg")
         return base
 
-    def trial_config(self, params: dict[str, Any]) -> TrialConfig:
+    def trial_config(self, params: dict[str, Any], check_paths: bool = True) -> TrialConfig:
         """The trial config for searched values ``params`` (dotted keys), validated."""
         cfg = self.base_trial()
         name = params.get("objective.name", get_path(cfg, "objective.name", "sigreg"))
@@ -250,7 +257,7 @@ class SweepSpec(Strict):
         if "objective.name" in params:
             allowed = set(REGISTRY[name].Params.model_fields) | {"name"}
             cfg["objective"] = {k: v for k, v in cfg.get("objective", {}).items() if k in allowed}
-        return TrialConfig.model_validate(cfg)
+        return TrialConfig.model_validate(cfg, context={"check_paths": check_paths})
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:

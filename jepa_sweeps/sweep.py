@@ -8,8 +8,10 @@ the spec digest and the parent MLflow run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from jepa_sweeps.space import SearchSpace
-from jepa_sweeps.spec import SweepSpec
+from jepa_sweeps.spec import SweepSpec, redact
 from jepa_sweeps.trial import run_trial, train_storage
 
 STATE_FILE = "jepa_sweeps.json"
@@ -114,9 +116,23 @@ def delete_sweep(spec: SweepSpec, loc: Locations) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class Search(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a diverged trial (sweep metric NaN) as the worst value.
+
+    Stock ``OptunaSearch`` passes the NaN to ``study.tell``, which Optuna refuses: Ray logs a
+    warning and the trial stays RUNNING, unseen by TPE. As the worst value it joins TPE's bad group.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        value = (result or {}).get(self.metric)
+        if isinstance(value, float) and math.isnan(value):
+            result = {**result, self.metric: -math.inf if self.mode == "max" else math.inf}
+        super().on_trial_complete(trial_id, result, error)
+
+
 def searcher(spec: SweepSpec) -> Any:
     space = SearchSpace(spec)
-    search = OptunaSearch(
+    search = Search(
         space=space,
         metric=spec.metric,
         mode=spec.mode,
@@ -238,14 +254,15 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
     rows = []
     for result in results:
         config = result.config or {}
-        cfg = config_for(spec, config)
+        cfg = config_for(spec, config, check_paths=False)
         metrics = result.metrics or {}
         trial_id = metrics.get("trial_id")
         status = trial_status(cfg, metrics, result.error is not None)
         rows.append((metrics.get(spec.metric), run_name(cfg), status, metrics, trial_id))
     sign = -1 if spec.mode == "max" else 1
-    scored = sorted((r for r in rows if isinstance(r[0], (int, float))), key=lambda r: sign * r[0])
-    lines = [f"\n{len(rows)} trials; best by {spec.metric} ({spec.mode}):"]
+    scored = sorted((r for r in rows if isinstance(r[0], (int, float)) and math.isfinite(r[0])), key=lambda r: sign * r[0])
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(Counter(r[2] for r in rows).items()))
+    lines = [f"\n{len(rows)} trials ({statuses}); best by {spec.metric} ({spec.mode}):"]
     header = f"  {'run':<34} {'status':<14} {'epoch':>5} {spec.metric:>10} {'linear_acc':>10} {'rankme':>8}"
     lines.append(header)
     for value, name, status, metrics, _ in scored[:10]:
@@ -258,33 +275,39 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
         best_run = runs.get(best[4])
         checkpoint = best[3].get("checkpoint_path")
         if best_run is not None and checkpoint:
-            _log_encoder(client, best_run.info.run_id, checkpoint)
+            _log_encoder(client, best_run.info.run_id, checkpoint, loc.storage)
             client.set_tag(session.parent_run_id, "jepa.best_run_id", best_run.info.run_id)
         client.log_metric(session.parent_run_id, f"best_{spec.metric}", float(best[0]))
+    from jepa_sweeps.report import publish_report, safe_name
+
+    report_line = publish_report(client, session.parent_run_id, home() / "reports" / safe_name(loc.experiment))
     client.set_terminated(session.parent_run_id, "FINISHED")
-    parsed = urlparse(loc.tracking_uri)
-    if parsed.scheme == "sqlite":
-        ui = f"mlflow ui --backend-store-uri {loc.tracking_uri} --host 127.0.0.1 --port 5000"
-    else:
-        ui = f"open {loc.tracking_uri} in a browser (the tracking server is the UI)"
-    lines += ["", f"MLflow UI:   {ui}", f"runs table:  {runs_link(loc.tracking_uri, session.experiment_id)}"]
+    link = redact(runs_link(loc.tracking_uri, session.experiment_id))
+    lines += ["", f"MLflow UI:   {ui_hint(loc.tracking_uri)}", f"runs table:  {link}", report_line]
     return "\n".join(lines)
 
 
-def _log_encoder(client: Any, run_id: str, checkpoint: str) -> None:
-    """Copy the best trial's last encoder weights into its MLflow run (``best_encoder/``)."""
+def ui_hint(tracking_uri: str) -> str:
+    """How to open the MLflow UI. ``mlflow ui`` has no authentication: it binds 127.0.0.1 only."""
+    if urlparse(tracking_uri).scheme == "sqlite":
+        return f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"open {redact(tracking_uri)} in a browser (the tracking server is the UI)"
+
+
+def _log_encoder(client: Any, run_id: str, checkpoint: str, storage: str) -> None:
+    """Copy the best trial's last encoder weights into its MLflow run (``best_encoder/``).
+
+    Train reports ``checkpoint`` as a path inside the storage filesystem, without a URI scheme.
+    """
     import tempfile
+
+    import pyarrow.fs as pafs
 
     from jepa_sweeps.train import ENCODER_FILE
 
+    fs = pafs.FileSystem.from_uri(storage)[0] if is_uri(storage) else pafs.LocalFileSystem()
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp, ENCODER_FILE)
-        if is_uri(checkpoint):
-            import pyarrow.fs as pafs
-
-            fs, inner = pafs.FileSystem.from_uri(checkpoint)
-            with fs.open_input_stream(f"{inner}/{ENCODER_FILE}") as f:
-                target.write_bytes(f.read())
-        else:
-            shutil.copy(Path(checkpoint, ENCODER_FILE), target)
+        with fs.open_input_stream(f"{checkpoint}/{ENCODER_FILE}") as f:
+            target.write_bytes(f.read())
         client.log_artifact(run_id, str(target), artifact_path="best_encoder")

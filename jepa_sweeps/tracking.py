@@ -9,6 +9,7 @@ from MLflow itself on start-up, so a resumed sweep continues the same runs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import tempfile
@@ -19,14 +20,21 @@ from urllib.parse import urlparse
 
 import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune.logger import LoggerCallback
 
 from jepa_sweeps.config import TrialConfig
-from jepa_sweeps.spec import SweepSpec
+from jepa_sweeps.retry import BufferedClient
+from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.train import ARTIFACTS_DIR
+
+DIAGNOSTICS = "diagnostics"  # the runs' artifact folder of per-eval pictures
+log = logging.getLogger(__name__)
 
 TRIAL_TAG = "jepa.trial_id"
 STATUS_TAG = "jepa.status"
+REASON_TAG = "jepa.reason"  # why a trial diverged
 PARENT_TAG = "mlflow.parentRunId"
 # Tune's bookkeeping, not training metrics.
 TUNE_KEYS = {
@@ -122,7 +130,7 @@ class SweepLogger(LoggerCallback):
         self.configs: dict[str, TrialConfig] = {}
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = BufferedClient(MlflowClient(self.tracking_uri))
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
         )
@@ -131,11 +139,14 @@ class SweepLogger(LoggerCallback):
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "client"}
 
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.client.drain()  # writes queued during a tracking outage
+
     def trial_config(self, trial: Any) -> TrialConfig:
         if trial.trial_id not in self.configs:
             from jepa_sweeps.trial import config_for
 
-            self.configs[trial.trial_id] = config_for(self.spec, trial.config)
+            self.configs[trial.trial_id] = config_for(self.spec, trial.config, check_paths=False)
         return self.configs[trial.trial_id]
 
     def log_trial_start(self, trial: Any) -> None:
@@ -169,6 +180,8 @@ class SweepLogger(LoggerCallback):
             if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=metrics)
+        if result.get("checkpoint_path"):
+            upload_checkpoint_files(self.client, run_id, str(result["checkpoint_path"]))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self.runs.get(trial.trial_id)
@@ -178,8 +191,38 @@ class SweepLogger(LoggerCallback):
         tags = [RunTag(STATUS_TAG, status)]
         if failed and getattr(trial, "error_file", None):
             tags.append(RunTag("jepa.error", _last_error_line(trial)))
+        if status == "diverged":
+            tags.append(RunTag(REASON_TAG, str(trial.last_result.get("diverged_reason", "non-finite loss"))))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def upload_checkpoint_files(client: MlflowClient, run_id: str, checkpoint: str) -> None:
+    """Copy the files a worker left in the checkpoint's ``artifacts/`` (plots written since the
+    previous checkpoint) into the run's ``diagnostics/``. A checkpoint already pruned by Ray only costs a warning:
+    its metrics are logged, and losing pictures must not stop the sweep."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if "://" in checkpoint:
+                import pyarrow.fs as pafs
+
+                fs, inner = pafs.FileSystem.from_uri(checkpoint)
+                folder = f"{inner.rstrip('/')}/{ARTIFACTS_DIR}"
+                selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+                files = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+                for info in files:
+                    target = Path(tmp, info.path[len(folder) :].lstrip("/"))
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with fs.open_input_stream(info.path) as f:
+                        target.write_bytes(f.read())
+                local = Path(tmp) if files else None
+            else:
+                local = Path(checkpoint, ARTIFACTS_DIR)
+                local = local if local.is_dir() else None
+            if local is not None:
+                client.log_artifacts(run_id, str(local), DIAGNOSTICS)
+    except (OSError, MlflowException) as err:
+        log.warning("could not upload the files of checkpoint %s: %s", checkpoint, err)
 
 
 def _last_error_line(trial: Any) -> str:
@@ -205,7 +248,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: SweepSpec, 
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "spec.yaml")
-        path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        path.write_text(redact(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)))
         client.log_artifact(run.info.run_id, str(path))
     return run.info.run_id
 

@@ -24,14 +24,17 @@ from jepa_sweeps.config import TrialConfig, ViTConfig
 from jepa_sweeps.data.datasets import ImageDataset, load_dataset
 from jepa_sweeps.data.views import Augment, CropGroup, MultiCrop, resize_normalise
 from jepa_sweeps.distributed import all_reduce_detached, is_distributed, rank, world_size
+from jepa_sweeps.evaluation.attention import attention_maps, attention_metrics
+from jepa_sweeps.evaluation.diagnostics import diagnostic_pngs
 from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accuracy, rankme
-from jepa_sweeps.models import build_encoder
+from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
 from jepa_sweeps.objectives.ema import ema_update, teacher_momentum
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
+ARTIFACTS_DIR = "artifacts"  # per-eval files (plots) in a checkpoint, for the host to upload
 VAL_EPOCH_KEY = 1 << 30  # the fixed "epoch" of held-out views, so val curves compare across epochs
 
 
@@ -44,14 +47,20 @@ class Hooks(Protocol):
 
     def load_checkpoint(self) -> dict[str, Any] | None: ...
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None: ...
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None: ...
 
 
 def save_checkpoint(state: dict[str, Any], directory: Path) -> None:
-    """The full training state plus the backbone alone (what users want as an artifact)."""
+    """The full training state plus the backbone alone (what users want as an artifact), and the
+    files written since the last checkpoint (``state["artifacts"]``: name → bytes) under
+    ``artifacts/``: the checkpoint is the one channel from workers to the sweep driver."""
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(state, directory / STATE_FILE)
+    torch.save({k: v for k, v in state.items() if k != "artifacts"}, directory / STATE_FILE)
     torch.save(state["model"]["backbone"], directory / ENCODER_FILE)
+    for name, data in state.get("artifacts", {}).items():
+        target = directory / ARTIFACTS_DIR / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
@@ -64,7 +73,7 @@ class LocalHooks:
 
     directory: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    reports: list[dict[str, float]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
     stop_after_epoch: int | None = None  # simulate an interruption (tests)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -79,7 +88,7 @@ class LocalHooks:
             return None
         return load_checkpoint(self.directory)
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
         self.reports.append(metrics)
         if state is not None and self.directory is not None and rank() == 0:
             save_checkpoint(state, self.directory)
@@ -238,6 +247,7 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.metrics: dict[str, float] = {}
         self.schedule: dict[str, float] = {}  # lr (and EMA momentum) of the last step
+        self.files: dict[str, bytes] = {}  # plots not yet handed over with a checkpoint
         state = hooks.load_checkpoint()
         if state is not None:
             self.load_state(state)
@@ -254,6 +264,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "metrics": dict(self.metrics),
+            "artifacts": dict(self.files),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -332,32 +343,52 @@ class Trainer:
                 metrics["final_linear_acc"] = linear_probe_accuracy(
                     train_f, self.train_y, test_f, self.test_y, iterations=self.cfg.eval.final_probe_epochs
                 )
+        # ViTs: attention statistics on fixed eval images, also at twice the training resolution
+        # (RoPE takes any grid) with kNN there. Pictures from rank 0, at the last eval by default.
+        ev, backbone = self.cfg.eval, self.model.backbone
+        fixed = self.test_x[: ev.attention_images]
+        prepares = {"": prepare}
+        if supports_attention(backbone):
+            if ev.extrapolate:
+                prepares["_2x"] = lambda x: resize_normalise(x, 2 * size, mean, std)
+                train_2x, test_2x = (embed(backbone, x, prepares["_2x"]) for x in (self.train_x, self.test_x))
+                metrics["knn_acc_2x"] = knn_accuracy(
+                    train_2x, self.train_y, test_2x, self.test_y, ev.knn_k, ev.knn_temperature
+                )
+            for suffix, prep in prepares.items():
+                maps = attention_maps(backbone, prep(fixed))
+                metrics.update(attention_metrics(maps, ev.attention_threshold, suffix))
+        if rank() == 0 and (final or (ev.plots_every and self.epoch % ev.plots_every == 0)):
+            self.files.update(diagnostic_pngs(backbone, test_f, fixed, prepares, self.epoch))
         return metrics
 
     # -- loop ----------------------------------------------------------------------------------
-    def run(self) -> dict[str, float]:
+    def run(self) -> dict[str, Any]:
         cfg = self.cfg
         while self.epoch < cfg.epochs:
             started = time.perf_counter()
             sums: dict[str, torch.Tensor] = {}
             batches = global_batches(self.train_x.shape[0], cfg.optim.batch_size, cfg.seed, self.epoch)
-            diverged = False
+            diverged = ""  # why, once a step's loss terms are not finite
             for batch in batches:
                 out = self.train_step(batch)
                 logged = {k: v.detach().float() for k, v in out.items() if k != "total" and v.numel() == 1}
                 keys = sorted(logged)
                 reduced = all_reduce_detached(torch.stack([logged[k] for k in keys]))
-                if not torch.isfinite(reduced).all():
-                    diverged = True
+                finite = torch.isfinite(reduced)
+                if not finite.all():
+                    bad = ", ".join(k for k, ok in zip(keys, finite) if not ok)
+                    diverged = f"non-finite {bad} at epoch {self.epoch + 1} step {self.step}"
                     break
                 for k, v in zip(keys, reduced):
                     sums[k] = sums.get(k, 0.0) + v
             elapsed = time.perf_counter() - started
             self.epoch += 1
             if diverged:
-                self.metrics.update(epoch=self.epoch, world_size=world_size(), diverged=1.0)
-                self.hooks.report(dict(self.metrics), None)
-                return dict(self.metrics)
+                # The last evaluation describes weights that are gone: report the divergence alone.
+                self.metrics = {"epoch": self.epoch, "step": self.step, "world_size": world_size(), "diverged": 1.0}
+                self.hooks.report({**self.metrics, "diverged_reason": diverged}, None)
+                return {**self.metrics, "diverged_reason": diverged}
             final = self.epoch == cfg.epochs
             if self.epoch % cfg.eval.every == 0 or final or "knn_acc" not in self.metrics:
                 self.metrics.update(self.evaluate(final))
@@ -373,9 +404,11 @@ class Trainer:
             checkpoint = final or self.epoch % cfg.checkpoint_every == 0
             state = self.state() if checkpoint and rank() == 0 else None
             self.hooks.report(dict(self.metrics), state)
+            if state is not None:
+                self.files.clear()
         return dict(self.metrics)
 
 
-def train(cfg: TrialConfig, hooks: Hooks | None = None) -> dict[str, float]:
+def train(cfg: TrialConfig, hooks: Hooks | None = None) -> dict[str, Any]:
     """Train one trial to the end (or divergence) and return its last metrics."""
     return Trainer(cfg, hooks or LocalHooks()).run()

@@ -9,37 +9,52 @@ path, so a restarted trial resumes from its last checkpoint.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
+from pydantic import ValidationError
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from jepa_sweeps.config import TrialConfig
+from jepa_sweeps.config import ConfigError, TrialConfig, describe, trial_config
 from jepa_sweeps.space import trial_params
 from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.train import load_checkpoint, save_checkpoint, train
 
 
-def config_for(spec: SweepSpec, config: dict[str, Any]) -> TrialConfig:
-    """The trial config of a Tune trial: searched values on the base, seed offset by the repeat."""
-    cfg = spec.trial_config(trial_params(config))
+def config_for(spec: SweepSpec, config: dict[str, Any], check_paths: bool = True) -> TrialConfig:
+    """The trial config of a Tune trial: searched values on the base, seed offset by the repeat.
+
+    Raises ``ConfigError`` (e.g. its data folder vanished since the sweep started): a pydantic
+    error raised in a trial does not unpickle in the sweep driver, which would end the whole sweep.
+    """
+    try:
+        cfg = spec.trial_config(trial_params(config), check_paths)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None
     repeat = int(config.get("__trial_index__", 0))
     return cfg.model_copy(update={"seed": cfg.seed + repeat}) if repeat else cfg
 
 
 class RayHooks:
-    """The training core's host inside a Ray Train worker."""
+    """The training core's host inside a Ray Train worker.
 
-    def __init__(self) -> None:
+    A diverged trial reports the sweep ``metric`` as NaN: Tune requires the metric in every
+    result, ASHA's cut-offs skip NaN, and ``sweep.Search`` tells Optuna the worst value.
+    """
+
+    def __init__(self, metric: str) -> None:
         self.device = ray.train.torch.get_device()
+        self.metric = metric
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
@@ -51,7 +66,9 @@ class RayHooks:
         with checkpoint.as_directory() as directory:
             return load_checkpoint(Path(directory))
 
-    def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+    def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        if metrics.get("diverged"):
+            metrics = {**metrics, self.metric: math.nan}
         if state is None:
             ray.train.report(metrics)
             return
@@ -65,10 +82,10 @@ def worker_loop(config: dict[str, Any]) -> None:
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)  # one line per report otherwise
-    cfg = TrialConfig.model_validate(config["trial"])
+    cfg = trial_config(config["trial"])  # ConfigError, which pickles (pydantic's errors do not)
     if cfg.threads is None:
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
-    train(cfg, RayHooks())
+    train(cfg, RayHooks(config["metric"]))
 
 
 def train_storage(spec: SweepSpec, storage: str) -> str:
@@ -80,12 +97,16 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
     """The Tune function trainable (trial driver)."""
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
     os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # Worker start-up takes far longer than Train's 60 s default on a busy 2-core machine.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     cfg = config_for(spec, config)
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"trial": cfg.model_dump(mode="json"), "cpus_per_worker": res.cpus_per_worker},
+        train_loop_config={
+            "trial": cfg.model_dump(mode="json"), "cpus_per_worker": res.cpus_per_worker, "metric": spec.metric
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
@@ -100,4 +121,15 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
     )
-    trainer.fit()
+    delete_untracked_checkpoints(trainer.fit())
+
+
+def delete_untracked_checkpoints(result: ray.train.Result) -> None:
+    """Delete the checkpoint folders Train does not track, so that a trial keeps at most
+    ``failures.checkpoints_to_keep``: a worker lost during a report leaves the checkpoint rank 0 had
+    already uploaded, which Train never registered and so never deletes."""
+    tracked = {checkpoint.path for checkpoint, _ in result.best_checkpoints or []}
+    fs = result.filesystem
+    for info in fs.get_file_info(pafs.FileSelector(result.path)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.path not in tracked:
+            fs.delete_dir(info.path)

@@ -140,3 +140,15 @@ def test_union_is_sampled_within_its_branches() -> None:
         seen.add(lam == 0)
         study.tell(trial, 0.0)
     assert seen == {True, False}
+
+
+def test_local_storage_is_refused_on_a_multi_host_cluster(tmp_path) -> None:
+    """A real multi-host cluster cannot run here; the decision itself is checked per host count."""
+    from jepa_sweeps.config import ConfigError
+    from jepa_sweeps.run import filesystem_type, refuse_local_storage
+
+    refuse_local_storage(str(tmp_path), hosts=1)
+    refuse_local_storage("s3://bucket/jepa", hosts=3)
+    assert filesystem_type(str(tmp_path)) != "unknown"
+    with pytest.raises(ConfigError, match="storage=.*spans 3 hosts"):
+        refuse_local_storage(str(tmp_path), hosts=3)

@@ -1,0 +1,92 @@
+"""What every benchmark row shares: the row record, robust timing and a description of the machine.
+
+Absolute times on a shared 2-core machine swing with whatever else runs, so every row is a ratio
+of two things measured in the same run, each as a median over repetitions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass
+class Row:
+    """One line of the table; ``passed`` is None for a figure reported without a target."""
+
+    id: str
+    name: str
+    shown: str  # the measured value as printed
+    target: str
+    passed: bool | None
+    value: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # extra lines printed under the row
+
+    @property
+    def verdict(self) -> str:
+        return "-" if self.passed is None else ("pass" if self.passed else "FAIL")
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def timed(fn: Callable[[], Any], reps: int, warmup: int = 1) -> list[float]:
+    """Seconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        started = now()
+        fn()
+        times.append(now() - started)
+    return times
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Enough to tell whether two results.json files are comparable."""
+    import mlflow
+    import optuna
+    import ray
+    import torchvision
+
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "ray": ray.__version__,
+        "mlflow": mlflow.__version__,
+        "optuna": optuna.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def load_average() -> list[float]:
+    """1/5/15-minute load: a load well above the core count means the timings were contended."""
+    return [round(x, 2) for x in os.getloadavg()]

@@ -1,0 +1,290 @@
+"""Rows 1 and 6: what Ray Tune + Ray Train + MLflow cost a trial, against plain torch.distributed.
+
+One real trial goes through the runner's own path (``init_ray``, ``build_tuner`` with the
+``SweepLogger``, the trial driver, a 2-worker ``TorchTrainer``) and logs to a real ``mlflow
+server`` on 127.0.0.1. The same trial config then runs as 2 spawned gloo processes calling
+``train`` with ``LocalHooks`` (no Ray, no MLflow), before and after the Ray trial, so the baseline
+brackets it in time. Both report ``images_per_s`` per epoch; the first epoch is warm-up.
+
+Start-up: Tune's driver-side callbacks stamp the trial's creation and each report's arrival. The
+worker's epoch 1 began ``train_1 + between`` before report 1 arrived, where ``train_1`` is epoch
+1's training time (batches × batch ÷ its images/s) and ``between`` the median time from one
+epoch's end to the next report's arrival (evaluation, checkpoint, report) over the steady
+epochs. The plain run also stamps when training begins, which checks this estimate.
+
+Requests: every HTTP request the driver's MLflow client sends is counted by the logger hook
+that sent it (wrapping ``requests.Session.request``) and cross-checked in the server's access log.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+from unittest import mock
+
+import requests
+from ray import tune
+
+from benchmarks.common import Row, median
+from benchmarks.plain import Run, epoch_images, free_port, plain_run
+from jepa_sweeps import tracking
+from jepa_sweeps.config import TrialConfig
+from jepa_sweeps.spec import SweepSpec, load_spec
+
+LAMBDA_SPEC = Path(__file__).resolve().parents[1] / "search_spaces" / "lambda.yaml"
+
+
+def trial_spec(epochs: int, storage: Path, tracking_uri: str) -> SweepSpec:
+    """The main job's trial (λ = 0.05 from search_spaces/lambda.yaml) as a one-trial sweep."""
+    return load_spec(LAMBDA_SPEC, [
+        "name=bench_overhead", f"epochs={epochs}", "num_samples=1", "points=[]", "search.objective.lam=0.05",
+        "scheduler.name=fifo", f"storage={storage}", f"mlflow.tracking_uri={tracking_uri}",
+    ])
+
+
+# -- the Ray trial -----------------------------------------------------------------------------
+
+
+class RequestCounter:
+    """HTTP requests of this process, by the phase (logger hook) that was active when sent."""
+
+    def __init__(self) -> None:
+        self.current: str | None = None
+        self.requests: Counter[tuple[str, str]] = Counter()  # (phase, path) → count
+        self.calls: Counter[str] = Counter()  # phase → hook calls
+        self.per_call: dict[str, list[int]] = {}  # phase → requests of each call
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        outer, self.current = self.current, name
+        before = sum(n for (p, _), n in self.requests.items() if p == name)
+        try:
+            yield
+        finally:
+            self.current = outer
+            self.calls[name] += 1
+            after = sum(n for (p, _), n in self.requests.items() if p == name)
+            self.per_call.setdefault(name, []).append(after - before)
+
+    def total(self, phase: str) -> int:
+        return sum(n for (p, _), n in self.requests.items() if p == phase)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        send = requests.Session.request
+        counter = self
+
+        def counted(session: requests.Session, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            if counter.current is not None:
+                counter.requests[(counter.current, f"{method.upper()} {url.split('://', 1)[-1].split('/', 1)[-1]}")] += 1
+            return send(session, method, url, *args, **kwargs)
+
+        def upload(*args: Any, **kwargs: Any) -> None:
+            with counter.phase("upload"):
+                upload_files(*args, **kwargs)
+
+        upload_files = tracking.upload_checkpoint_files
+        with mock.patch.object(requests.Session, "request", counted), \
+                mock.patch.object(tracking, "upload_checkpoint_files", upload):
+            yield
+
+
+class CountingLogger(tracking.SweepLogger):
+    """The product's logger, each hook inside a counting phase."""
+
+    def __init__(self, counter: RequestCounter, *args: Any) -> None:
+        super().__init__(*args)
+        self.counter = counter
+
+    def log_trial_start(self, trial: Any) -> None:
+        with self.counter.phase("start"):
+            super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
+        with self.counter.phase("result"):
+            super().log_trial_result(iteration, trial, result)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        with self.counter.phase("end"):
+            super().log_trial_end(trial, failed)
+
+
+class Clock(tune.Callback):
+    """Driver-side stamps of the trial's start (its driver actor is up), reports and completion."""
+
+    def __init__(self) -> None:
+        self.stamps: dict[str, float] = {}
+        self.results: list[tuple[float, dict[str, Any]]] = []
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.stamps["started"] = time.time()
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.results.append((time.time(), result))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.stamps["completed"] = time.time()
+
+
+@contextmanager
+def mlflow_server(workdir: Path) -> Iterator[tuple[str, Path]]:
+    """A real ``mlflow server`` (one uvicorn worker) on a free loopback port; yields its URI and
+    access log."""
+    log = workdir / "mlflow-server.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    port = free_port()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
+        "--artifacts-destination", str(workdir / "server-artifacts"),
+    ]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=5):
+                    break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server did not come up; see {log}") from None
+                time.sleep(1)
+        yield uri, log
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def access_log_counts(log: Path) -> Counter[str]:
+    """API requests the server logged, by path (health checks left out)."""
+    counts: Counter[str] = Counter()
+    for line in log.read_text().splitlines():
+        if '"' in line and "/api/" in line:
+            counts[line.split('"')[1].rsplit(" ", 1)[0]] += 1
+    return counts
+
+
+def ray_run(spec: SweepSpec, counter: RequestCounter) -> tuple[Run, dict[str, float]]:
+    """One trial through the runner's own machinery, in the Ray this process runs."""
+    from mlflow.tracking import MlflowClient
+
+    from jepa_sweeps.sweep import build_tuner, locate
+
+    loc = locate(spec)
+    client = MlflowClient(loc.tracking_uri)
+    experiment = tracking.ensure_experiment(client, loc.experiment, loc.artifact_root)
+    parent = tracking.start_parent_run(client, experiment, spec, tags={})
+    clock = Clock()
+    tuner = build_tuner(spec, loc, [CountingLogger(counter, spec, loc.tracking_uri, experiment, parent), clock])
+    launched = time.time()
+    with counter.installed():
+        tuner.fit()
+    cfg = spec.trial_config({})
+    run = Run(launched, [t for t, _ in clock.results], [r["images_per_s"] for _, r in clock.results], epoch_images(cfg))
+    return run, {"fit": launched, "started": clock.stamps["started"], "completed": clock.stamps["completed"],
+                 **process_starts(launched)}
+
+
+def process_starts(since: float) -> dict[str, float]:
+    """When the trial's Ray processes (driver, Train controller, workers) were ready, from Ray's
+    state API: where start-up time goes."""
+    import ray
+    from ray.util.state import list_actors, list_workers
+
+    address = ray.get_runtime_context().gcs_address
+    names = {a.pid: a.class_name for a in list_actors(address=address, detail=True, limit=10000)}
+    ready: dict[str, float] = {}
+    for w in list_workers(address=address, detail=True, limit=10000):
+        if w.pid in names and w.start_time_ms and w.start_time_ms / 1000 >= since:
+            key = f"ready:{names[w.pid]}"
+            ready[key] = max(ready.get(key, 0.0), w.start_time_ms / 1000)
+    return ready
+
+
+def overhead_rows(epochs: int, workdir: Path, baseline_after: bool = True) -> list[Row]:
+    """Rows 1 (throughput ratio), 1b (start-up) and 6 (MLflow requests) from one Ray trial of
+    ``epochs`` epochs and the plain run before it (and after it, with ``baseline_after``)."""
+    import ray
+
+    from jepa_sweeps.run import init_ray
+    from jepa_sweeps.sweep import locate
+
+    with mlflow_server(workdir) as (uri, log):
+        spec = trial_spec(epochs, workdir / "storage", uri)
+        cfg = spec.trial_config({})
+        threads = max(1, int(spec.resources.cpus_per_worker))
+        baseline = [plain_run(cfg, threads, workdir)]
+        counter = RequestCounter()
+        init_ray(locate(spec))
+        try:
+            ray_trial, stamps = ray_run(spec, counter)
+        finally:
+            ray.shutdown()
+        if baseline_after:
+            baseline.append(plain_run(cfg, threads, workdir))
+        served = access_log_counts(log)
+    return [throughput_row(ray_trial, baseline, cfg), startup_row(ray_trial, stamps, baseline),
+            requests_row(counter, len(ray_trial.report_times), served)]
+
+
+def throughput_row(ray_trial: Run, baseline: list[Run], cfg: TrialConfig) -> Row:
+    ours = median(ray_trial.steady)
+    plain = median([x for run in baseline for x in run.steady])
+    ratio = ours / plain
+    details = {
+        "ray_images_per_s": [round(x, 1) for x in ray_trial.images_per_s],
+        "plain_images_per_s": [[round(x, 1) for x in run.images_per_s] for run in baseline],
+        "config": f"{cfg.encoder.name} on {cfg.data.name}, batch {cfg.optim.batch_size}, "
+                  f"views {cfg.views.n_global}+{cfg.views.n_local}, {cfg.workers} workers, {cfg.objective.name}",
+    }
+    return Row("1", "framework overhead: Ray trial ÷ plain DDP images/s", f"{ratio:.3f}", "≥ 0.95", ratio >= 0.95,
+               ratio, details, [f"steady images/s: Ray {ours:.0f} vs plain torch.distributed {plain:.0f} ({details['config']})"])
+
+
+def startup_row(ray_trial: Run, stamps: dict[str, float], baseline: list[Run]) -> Row:
+    begin = ray_trial.estimated_begin()
+    startup = begin - stamps["fit"]
+    timeline = {k: round(v - stamps["fit"], 2) for k, v in sorted(stamps.items(), key=lambda kv: kv[1])}
+    timeline["first_epoch_begins"] = round(startup, 2)
+    timeline["last_report"] = round(ray_trial.report_times[-1] - stamps["fit"], 2)
+    plain = baseline[0]
+    details = {
+        "timeline_s": timeline,
+        "teardown_s": round(stamps["completed"] - ray_trial.report_times[-1], 2),
+        "plain_startup_s": round(plain.begun - plain.launched, 2),
+        "plain_startup_estimated_s": round(plain.estimated_begin() - plain.launched, 2),
+    }
+    return Row("1b", "start-up per trial (Tuner.fit → epoch 1 begins)", f"{startup:.1f} s", "report", None, startup,
+               details, [f"plain torch.distributed (spawn → epoch 1): {details['plain_startup_s']:.1f} s; "
+                         f"after the last report: {details['teardown_s']:.1f} s"])
+
+
+def requests_row(counter: RequestCounter, reports: int, served: Counter[str]) -> Row:
+    per_report = counter.per_call.get("result", [])
+    value = sum(per_report) / max(len(per_report), 1)
+    details = {
+        "per_report": per_report,
+        "reports": reports,
+        "trial_start": counter.total("start"),
+        "trial_end": counter.total("end"),
+        "checkpoint_uploads": {"calls": counter.calls["upload"], "requests": counter.total("upload")},
+        "by_endpoint": {f"{phase}: {path}": n for (phase, path), n in sorted(counter.requests.items())},
+        "server_access_log": dict(served),
+    }
+    return Row("6", "MLflow requests per trial per epoch (metrics)", f"{value:.2f}", "1", value == 1, value, details,
+               [f"per report {per_report}; once per trial: start {details['trial_start']}, end "
+                f"{details['trial_end']}, plot uploads {details['checkpoint_uploads']['requests']}"])

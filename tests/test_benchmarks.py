@@ -1,0 +1,113 @@
+"""Smoke tests of the benchmark suite at tiny sizes: every code path runs and yields well-formed
+rows. No timing is asserted (timings belong in ``python -m benchmarks.run``, not in tests)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from benchmarks import run as bench
+from benchmarks.overhead import RequestCounter, overhead_rows
+from benchmarks.plain import first_epoch_start
+from benchmarks.sweeps import compare, sweep_spec
+
+TINY = {
+    "overhead": {"epochs": 2, "baseline_after": False},
+    "pipeline": {"batch": 8, "batches": 1, "reps": 1},
+    "step": {"nano_batch": 2, "nano_reps": 1, "cnn_reps": 1, "objective_reps": 1, "matmul_n": 64,
+             "nano_overrides": {"dim": 32, "depth": 1, "heads": 2}},
+    "sweeps": {"samples": 3, "epochs": 2, "grace": 1, "reduction": 3},
+}
+
+
+def _check(row: dict) -> None:
+    assert row["shown"] and row["target"] and row["value"] is not None
+    assert row["passed"] in (True, False, None)
+
+
+def test_cli_runs_the_in_process_rows_and_merges_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "results.json"
+    earlier = {"id": "5", "name": "kept from an earlier run", "shown": "0.4", "target": "≤ 0.5", "passed": True,
+               "value": 0.4, "notes": [], "date": "2026-01-01T00:00:00+00:00", "mode": "full", "load_average": [0.5]}
+    out.write_text(json.dumps({"rows": [earlier]}))
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    bench.main(["--quick", "--only", "2", "3", "4", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert [r["id"] for r in saved["rows"]] == ["2", "2b", "3", "4", "5"]
+    for row in saved["rows"][:4]:
+        _check(row)
+        assert row["mode"] == "quick"
+    assert set(saved["rows"][2]["details"]["vit_nano"]["overhead"]) == {"sigreg", "vicreg", "infonce", "ema"}
+    assert saved["machine"]["cores"] and saved["machine"]["torch"]
+    assert "| 2b |" in bench.markdown(saved) and "kept from an earlier run" in bench.markdown(saved)
+    printed = capsys.readouterr().out
+    assert "SIGReg overhead" in printed and "≥ 2×" in printed
+
+
+def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One 2-epoch Ray trial and one plain torch.distributed run: rows 1, 1b and 6."""
+    monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
+    rows = {r.id: r for r in overhead_rows(workdir=tmp_path, **TINY["overhead"])}
+    assert set(rows) == {"1", "1b", "6"}
+    assert len(rows["1"].details["ray_images_per_s"]) == 2 and rows["1"].value > 0
+    assert rows["1b"].details["timeline_s"]["started"] < rows["1b"].details["timeline_s"]["last_report"]
+    assert rows["6"].details["per_report"] == [1, 1]  # the product's batching, not a timing
+    assert rows["6"].details["server_access_log"]["POST /api/2.0/mlflow/runs/log-batch"] >= 2
+
+
+def test_first_epoch_start_recovers_the_begin_time() -> None:
+    # epochs of 10 s training, 2 s between an epoch's end and its report, the last with a 5 s probe
+    train = [12.0, 10.0, 10.0, 10.0]
+    reports, t = [], 100.0
+    for i, seconds in enumerate(train):
+        t += seconds + (7.0 if i == len(train) - 1 else 2.0)
+        reports.append(t)
+    assert first_epoch_start(reports, train) == pytest.approx(100.0)
+    with pytest.raises(ValueError):
+        first_epoch_start(reports[:1], train[:1])
+
+
+def test_request_counter_attributes_requests_to_phases() -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/x"
+    counter = RequestCounter()
+    try:
+        with counter.installed():
+            requests.get(url, timeout=10)  # outside any phase: not counted
+            for n in (1, 2):
+                with counter.phase("result"):
+                    for _ in range(n):
+                        requests.get(url, timeout=10)
+    finally:
+        server.shutdown()
+    assert counter.per_call["result"] == [1, 2]
+    assert counter.requests == {("result", "GET api/x"): 3}
+
+
+def test_sweep_comparison_counts_epochs_and_points(tmp_path: Path) -> None:
+    for scheduler in ("asha", "fifo"):
+        spec = sweep_spec(scheduler, **TINY["sweeps"], workdir=tmp_path)
+        assert spec.scheduler.name == scheduler and spec.num_samples == 3 and spec.optuna.seed == 0
+    results = {
+        "asha": [{"epoch": 6, "knn_acc": 0.93}, {"epoch": 1, "knn_acc": 0.80}, {"epoch": 3, "knn_acc": 0.90}],
+        "fifo": [{"epoch": 6, "knn_acc": 0.94}, {"epoch": 6, "knn_acc": 0.85}, {"epoch": 6, "knn_acc": 0.92}],
+    }
+    row = compare(results, "knn_acc", samples=3, epochs=6, grace=1, reduction=3)
+    assert row.value == pytest.approx(10 / 18)
+    assert row.details["gap_points"] == pytest.approx(1.0)
+    assert row.passed is False  # 0.56 > 0.5
