@@ -2,11 +2,12 @@
 
 One real trial goes through the runner's own path (``init_ray``, ``build_tuner`` with the
 ``SweepLogger``, the trial driver, a 2-worker ``TorchTrainer``) and logs to a real ``mlflow
-server`` on 127.0.0.1. The same trial config then runs as 2 spawned gloo processes calling
-``train`` with ``LocalHooks`` (no Ray, no MLflow), before and after the Ray trial, so the baseline
-brackets it in time. Both report ``images_per_s`` per epoch; the first epoch is warm-up.
+server`` on 127.0.0.1. The same trial config also runs as plain gloo processes calling ``train``
+with ``LocalHooks`` (no Ray, no MLflow; ``benchmarks.plain``), before and after the Ray trial, so
+the baseline brackets it in time. Both report ``images_per_s`` per epoch; the first epoch is
+warm-up.
 
-Start-up: Tune's driver-side callbacks stamp the trial's creation and each report's arrival. The
+Start-up: driver-side stamps of ``Tuner.fit``, the trial's start and each report's arrival. The
 worker's epoch 1 began ``train_1 + between`` before report 1 arrived, where ``train_1`` is epoch
 1's training time (batches × batch ÷ its images/s) and ``between`` the median time from one
 epoch's end to the next report's arrival (evaluation, checkpoint, report) over the steady
@@ -34,7 +35,7 @@ import requests
 from ray import tune
 
 from benchmarks.common import Row, median
-from benchmarks.plain import Run, epoch_images, free_port, plain_run
+from benchmarks.plain import RAY_WORKER_NICENESS, Run, epoch_images, free_port, plain_run
 from jepa_sweeps import tracking
 from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.spec import SweepSpec, load_spec
@@ -250,6 +251,7 @@ def throughput_row(ray_trial: Run, baseline: list[Run], cfg: TrialConfig) -> Row
         "plain_images_per_s": [[round(x, 1) for x in run.images_per_s] for run in baseline],
         "config": f"{cfg.encoder.name} on {cfg.data.name}, batch {cfg.optim.batch_size}, "
                   f"views {cfg.views.n_global}+{cfg.views.n_local}, {cfg.workers} workers, {cfg.objective.name}",
+        "plain_niceness": RAY_WORKER_NICENESS,
     }
     return Row("1", "framework overhead: Ray trial ÷ plain DDP images/s", f"{ratio:.3f}", "≥ 0.95", ratio >= 0.95,
                ratio, details, [f"steady images/s: Ray {ours:.0f} vs plain torch.distributed {plain:.0f} ({details['config']})"])

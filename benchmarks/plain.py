@@ -2,7 +2,11 @@
 MLflow), one fresh interpreter per rank as torchrun would start them, so that neither start-up
 nor memory carries anything of the benchmark driver.
 
-``python -m benchmarks.plain CONFIG_JSON OUT_DIR RANK WORLD PORT THREADS`` runs one rank.
+Ray starts every worker process at nice 15 (its ``worker_niceness``), below its own daemons and
+below anything else on the machine; the baseline runs at the same niceness, so that other load
+on a shared machine weighs on both alike and the ratio shows what Ray itself costs.
+
+``python -m benchmarks.plain CONFIG_JSON OUT_DIR RANK WORLD PORT THREADS NICENESS`` runs one rank.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.train import LocalHooks, train
 
 ROOT = Path(__file__).resolve().parents[1]
+RAY_WORKER_NICENESS = 15
 
 
 @dataclass
@@ -84,7 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def plain_run(cfg: TrialConfig, threads: int, workdir: Path) -> Run:
+def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY_WORKER_NICENESS) -> Run:
     """Train ``cfg`` on ``cfg.workers`` gloo processes with ``threads`` torch threads each."""
     out = workdir / f"plain-{time.time_ns()}"
     out.mkdir(parents=True)
@@ -94,7 +99,7 @@ def plain_run(cfg: TrialConfig, threads: int, workdir: Path) -> Run:
     launched = time.time()
     procs = [
         subprocess.Popen([sys.executable, "-m", "benchmarks.plain", str(out / "config.json"), str(out), str(rank),
-                          str(cfg.workers), str(port), str(threads)], env=env)
+                          str(cfg.workers), str(port), str(threads), str(niceness)], env=env)
         for rank in range(cfg.workers)
     ]
     if any(p.wait() for p in procs):
@@ -105,7 +110,8 @@ def plain_run(cfg: TrialConfig, threads: int, workdir: Path) -> Run:
 
 
 def main(argv: list[str]) -> None:
-    config, out, rank, world, port, threads = argv
+    config, out, rank, world, port, threads, niceness = argv
+    os.nice(int(niceness) - os.nice(0))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(int(threads))  # what the trial's worker_loop sets
     dist.init_process_group("gloo", rank=int(rank), world_size=int(world))

@@ -26,11 +26,12 @@ def sweep_spec(scheduler: str, samples: int, epochs: int, grace: int, reduction:
 
 
 def run_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Each trial's last result (Tune's), through ``start_sweep`` as ``jepa_sweeps.run`` does."""
+    """Each trial's last result (Tune's) and its λ, through ``start_sweep`` as ``jepa_sweeps.run`` does."""
     from jepa_sweeps.sweep import locate, start_sweep
+    from jepa_sweeps.trial import config_for
 
     session = start_sweep(spec, locate(spec), None, fresh=True)
-    return [dict(r.metrics or {}) for r in session.fit()]
+    return [{**(r.metrics or {}), "lam": config_for(spec, r.config or {}).objective.lam} for r in session.fit()]
 
 
 def sweep_row(samples: int, epochs: int, grace: int, reduction: float, workdir: Path) -> Row:
@@ -59,8 +60,8 @@ def compare(results: dict[str, list[dict[str, Any]]], metric: str, samples: int,
         "epochs_trained": trained, f"best_{metric}_pct": {k: round(v, 2) for k, v in best.items()},
         "gap_points": round(gap, 2), "samples": samples, "epochs": epochs,
         "asha": {"grace_period": grace, "reduction_factor": reduction},
-        "trials": {name: [{"epoch": int(r.get("epoch", 0)), "lam": r.get("config", {}).get("objective.lam"),
-                           metric: round(r.get(metric, float("nan")), 4)} for r in rs] for name, rs in results.items()},
+        "trials": {name: [{"lam": r.get("lam"), "epoch": int(r.get("epoch", 0)), metric: round(r.get(metric, float("nan")), 4)}
+                           for r in rs] for name, rs in results.items()},
     }
     return Row("5", "sweep: ASHA epochs ÷ FIFO epochs (best within 2 pt)", f"{ratio:.2f} (Δbest {gap:+.1f} pt)",
                "≤ 0.5, ≤ 2 pt", ratio <= 0.5 and gap <= 2, ratio, details,

@@ -236,7 +236,7 @@ def comparison_rows(sweep: Sweep, epoch: int) -> tuple[list[str], list[list[str]
         at = t.status in COMPARABLE
         rows.append(
             [t.name, t.status, str(t.last_epoch(sweep.metric) or 0), _fmt(t.at(sweep.metric, epoch) if at else None)]
-            + [_fmt(t.at(k, epoch) if at else None) for k in extra]
+            + [_fmt(t.at(k, epoch) if at else None, 2 if k == "rankme" else 4) for k in extra]
             + [_fmt(t.run.data.metrics.get("final_linear_acc"))]
             + [_short(t.params.get(k, "–")) for k in searched]
         )
@@ -421,7 +421,9 @@ def lambda_plot(sweep: Sweep, epoch: int, base: dict[str, dict[str, float]], pat
             if metric in values:
                 ax.axhline(values[metric], color="0.4", ls=[":", "-."][i % 2], lw=1,
                            label=f"{name}: {values[metric]:.3g}")
-        ax.set_xscale("symlog", linthresh=positive[0] if positive else 1.0, linscale=1.0)
+        linthresh = positive[0] if positive else 1.0
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
+        ax.set_xlim(-0.5 * linthresh, lams[-1] * 1.6)  # room for the outer error bars
         if len(lams) <= 8:
             ax.set_xticks(lams, [f"{lam:g}" for lam in lams])
             ax.minorticks_off()
@@ -629,7 +631,8 @@ def _write_html(path: Path, summary: str, when: str, comparison: tuple, sections
             "<h2>Trials</h2>", html_table(*comparison)]
     for title, content, pictures in sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
-        body.append(content if content.startswith("<") else f"<p>{html.escape(content)}</p>")
+        if content:
+            body.append(content if content.startswith("<") else f"<p>{html.escape(content)}</p>")
         body += [image(p) for p in pictures]
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{html.escape(n)}</li>" for n in notes] + ["</ul>"]

@@ -260,7 +260,8 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
         status = trial_status(cfg, metrics, result.error is not None)
         rows.append((metrics.get(spec.metric), run_name(cfg), status, metrics, trial_id))
     sign = -1 if spec.mode == "max" else 1
-    scored = sorted((r for r in rows if isinstance(r[0], (int, float)) and math.isfinite(r[0])), key=lambda r: sign * r[0])
+    finite = [r for r in rows if isinstance(r[0], (int, float)) and math.isfinite(r[0])]  # not diverged
+    scored = sorted(finite, key=lambda r: sign * r[0])
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(Counter(r[2] for r in rows).items()))
     lines = [f"\n{len(rows)} trials ({statuses}); best by {spec.metric} ({spec.mode}):"]
     header = f"  {'run':<34} {'status':<14} {'epoch':>5} {spec.metric:>10} {'linear_acc':>10} {'rankme':>8}"

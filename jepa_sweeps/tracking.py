@@ -228,7 +228,7 @@ def upload_checkpoint_files(client: MlflowClient, run_id: str, checkpoint: str) 
 def _last_error_line(trial: Any) -> str:
     try:
         lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-        return lines[-1][:5000] if lines else "unknown error"
+        return redact(lines[-1])[:5000] if lines else "unknown error"
     except OSError:
         return "unknown error"
 

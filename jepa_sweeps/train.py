@@ -386,9 +386,10 @@ class Trainer:
             self.epoch += 1
             if diverged:
                 # The last evaluation describes weights that are gone: report the divergence alone.
-                self.metrics = {"epoch": self.epoch, "step": self.step, "world_size": world_size(), "diverged": 1.0}
-                self.hooks.report({**self.metrics, "diverged_reason": diverged}, None)
-                return {**self.metrics, "diverged_reason": diverged}
+                last = {"epoch": self.epoch, "step": self.step, "world_size": world_size(), "diverged": 1.0,
+                        "diverged_reason": diverged}
+                self.hooks.report(dict(last), None)
+                return last
             final = self.epoch == cfg.epochs
             if self.epoch % cfg.eval.every == 0 or final or "knn_acc" not in self.metrics:
                 self.metrics.update(self.evaluate(final))

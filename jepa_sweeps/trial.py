@@ -131,5 +131,6 @@ def delete_untracked_checkpoints(result: ray.train.Result) -> None:
     tracked = {checkpoint.path for checkpoint, _ in result.best_checkpoints or []}
     fs = result.filesystem
     for info in fs.get_file_info(pafs.FileSelector(result.path)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.path not in tracked:
+        folder = info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        if folder and info.path not in tracked:
             fs.delete_dir(info.path)

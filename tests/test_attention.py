@@ -100,9 +100,9 @@ def test_vit_trial_reports_attention_metrics_and_writes_pictures(tmp_path: Path)
     torch.set_num_threads(2)
     cfg = trial_config({
         "epochs": 1,
-        "encoder": {"name": "vit", "preset": "tiny", "dim": 16, "depth": 2, "heads": 2},
+        "encoder": {"name": "vit", "preset": "tiny", "dim": 8, "depth": 2, "heads": 2},
         "views": {"n_global": 2, "n_local": 0},
-        "optim": {"batch_size": 128, "warmup_epochs": 0},
+        "optim": {"batch_size": 256, "warmup_epochs": 0},
         "projector": {"hidden_dim": 32, "out_dim": 8},
         "objective": {"name": "sigreg", "num_slices": 16},
         "eval": {"final_probe_epochs": 0, "val_batches": 1, "attention_images": 8},

@@ -148,7 +148,7 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
     folder = write_imagefolder(tmp_path / "vanishing", per_class=4)
     spec = write_spec(tmp_path, {
         "name": "faults",
-        "trial": {**BASE_TRIAL, "epochs": 3, "data": {"name": "digits", "path": str(folder)},
+        "trial": {**BASE_TRIAL, "epochs": 2, "data": {"name": "digits", "path": str(folder)},
                   "optim": {**BASE_TRIAL["optim"], "warmup_epochs": 0, "lr_scaling": "none"}},
         "search": {
             "data.name": {"choice": ["digits", "imagefolder"]},
@@ -172,24 +172,24 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
         client = MlflowClient(mlflow_server.uri)
         assert _wait(lambda: len(child_runs(client, "faults")) >= 1, stop, 300), "trial 1 never started"
         shutil.rmtree(folder)  # long before trial 2 starts
-        events["deleted"] = time.monotonic()
+        events["deleted"] = time.time()
         assert _wait(lambda: len(child_runs(client, "faults")) >= 2, stop, 300), "trial 2 never started"
         mlflow_server.stop()
-        events["stopped"] = time.monotonic()
+        events["stopped"] = time.time()
         # Trial 3 checkpointed (and reported) epoch 1 while the server was down; restart it.
         _wait(lambda: bool(checkpoints(train_dir)), stop, 300)
-        events["trial3_epoch1"] = time.monotonic()
+        events["trial3_epoch1"] = time.time()
         mlflow_server.start()
         mlflow_server.wait_healthy()
-        events["restarted"] = time.monotonic()
+        events["restarted"] = time.time()
 
     mlflow_server.wait_healthy()
     caplog.set_level(logging.WARNING, logger="jepa_sweeps.retry")
-    started = time.monotonic()
+    started = time.time()
     with Beside(disturb):
         rc = main([str(spec)])
     out = capsys.readouterr().out
-    print(f"faults sweep: {time.monotonic() - started:.0f} s; events {events}")
+    print(f"faults sweep: {time.time() - started:.0f} s; at s: {({k: round(v - started) for k, v in events.items()})}")
     assert rc == 0, out
     assert set(events) == {"deleted", "stopped", "trial3_epoch1", "restarted"}, events
     assert "3 trials (1 diverged, 1 failed, 1 finished)" in out, out
@@ -215,8 +215,10 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
         for key in run.data.metrics:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), (run.info.run_name, key, steps)
-    assert [m.step for m in client.get_metric_history(finished.info.run_id, "loss")] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(finished.info.run_id, "knn_acc")] == [1, 2, 3]
+    loss = client.get_metric_history(finished.info.run_id, "loss")
+    assert [m.step for m in loss] == [1, 2]
+    assert events["stopped"] < loss[0].timestamp / 1000 < events["restarted"]  # logged while down
+    assert [m.step for m in client.get_metric_history(finished.info.run_id, "knn_acc")] == [1, 2]
     assert [m.step for m in client.get_metric_history(diverged.info.run_id, "diverged")] == [1]
     assert "trial_config.json" in {a.path for a in client.list_artifacts(finished.info.run_id)}
     assert not failed.data.metrics
@@ -261,11 +263,11 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
     those of the same trial run uninterrupted on 2 gloo processes: with 2 ranks every all-reduce is
     one commutative float addition, views depend only on (seed, epoch, image), and the checkpoint
     holds the whole state, so nothing depends on the interruption. (A 1-process run is equal only to
-    float32 rounding: its sums are ordered differently.) 4 epochs with ``checkpoints_to_keep: 2``
+    float32 rounding: its sums are ordered differently.) 3 epochs with ``checkpoints_to_keep: 2``
     leave exactly the last 2 checkpoints."""
     spec = write_spec(tmp_path, {
         "name": "killed_worker",
-        "trial": {**BASE_TRIAL, "epochs": 4, "threads": 1},
+        "trial": {**BASE_TRIAL, "epochs": 3, "threads": 1},
         "search": {"objective.lam": {"loguniform": [0.01, 0.5]}},
         "points": [{"objective.lam": 0.05}],
         "num_samples": 1,
@@ -309,7 +311,7 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
     (run,) = child_runs(client, "killed_worker")
     assert run.data.tags["jepa.status"] == "finished" and run.info.status == "FINISHED"
     # resumed from epoch 1's checkpoint: epoch 1 was not trained (and reported) twice
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "knn_acc")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "knn_acc")] == [1, 2, 3]
 
     cfg = load_spec(spec).trial_config({"objective.lam": 0.05})
     reference = run_distributed(_reference_run, cfg.model_dump(mode="json"))[0]
@@ -320,7 +322,7 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
     # fault 6: only the last checkpoints_to_keep checkpoints remain, and little else
     kept = checkpoints(train_dir)
     epochs = [torch.load(c / "state.pt", weights_only=True)["epoch"] for c in kept]
-    assert epochs == [3, 4], epochs
+    assert epochs == [2, 3], epochs
 
     def size(path: Path) -> int:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
 import time
@@ -22,6 +24,7 @@ from jepa_sweeps.report import (
     publish_report,
     resolve,
     safe_name,
+    write_report,
 )
 
 LAMS = (0.0, 0.05, 0.5)
@@ -115,9 +118,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def generated(store: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One report run with --csv (the baselines cost a few seconds: once)."""
     out, csv_dir = tmp_path_factory.mktemp("out"), tmp_path_factory.mktemp("csv")
-    import contextlib
-    import io
-
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
         code = main(["synthetic", "--tracking-uri", store["uri"], "--out", str(out), "--csv", str(csv_dir)])
@@ -189,6 +189,12 @@ def test_importances_need_two_varied_parameters(store: dict) -> None:
     assert found["objective.lam"] > found["views.n_local"]
     found, reason = importances(load_sweep(store["client"], "synthetic"), 3)
     assert found == {} and "1 searched parameter" in reason
+
+
+def test_varied_views_get_an_effects_plot(store: dict, tmp_path: Path) -> None:
+    report = write_report(store["client"], load_sweep(store["client"], "two_params"), tmp_path)
+    assert (tmp_path / "effects.png").is_file() and (tmp_path / "importance.png").is_file()
+    assert "baselines: no trial_config.json" in report.text  # said, not silently skipped
 
 
 @pytest.mark.parametrize(

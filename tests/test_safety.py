@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -59,14 +60,15 @@ def calls(attribute: str, module: str) -> Iterator[tuple[Path, ast.Call]]:
                 yield path, node
 
 
-def _kill_marked(marker: str) -> None:
-    """Stop what a Ray started with ``--temp-dir``/``RAY_TMPDIR`` = ``marker`` left behind (ours only)."""
+def _clean_up_ray(temp_dir: str) -> None:
+    """Stop what a Ray given ``RAY_TMPDIR=temp_dir`` (unique to this test) left running, and remove it."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if proc.pid != os.getpid() and marker in " ".join(proc.info["cmdline"] or []):
+            if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # --- servers bind 127.0.0.1 --------------------------------------------------------------------------
@@ -84,7 +86,8 @@ def test_servers_the_product_starts_bind_localhost() -> None:
         assert "0.0.0.0" not in text and "'::'" not in text and '"::"' not in text, path
     assert cluster.HOST == "127.0.0.1"
     assert "--host 127.0.0.1" in ui_hint("sqlite:////tmp/x/mlflow.db")
-    documented = [line for line in (ROOT / "README.md").read_text().splitlines() if "mlflow ui" in line and "--" in line]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    documented = [line for line in readme if "mlflow ui" in line and "--" in line]
     assert documented and all("--host 127.0.0.1" in line for line in documented), documented
 
 
@@ -112,8 +115,9 @@ url = ray._private.worker.get_dashboard_url()
 
 def status(headers):
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"http://{url}/api/jobs/", headers=headers), timeout=30) as r:
-            return r.status
+        request = urllib.request.Request(f"http://{url}/api/jobs/", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
     except urllib.error.HTTPError as err:
         return err.code
 
@@ -135,7 +139,7 @@ def test_local_ray_dashboard_is_local_and_refuses_clients_without_the_token(tmp_
         done = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
     finally:
-        _kill_marked(ray_tmp)
+        _clean_up_ray(ray_tmp)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["url"].startswith("127.0.0.1:"), seen
@@ -300,5 +304,5 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
         for secret in (SECRET, PASSWORD):
             assert not [t[:200] for t in texts if secret in t], secret
     finally:
-        _kill_marked(ray_tmp)
+        _clean_up_ray(ray_tmp)
         server.stop()
