@@ -539,10 +539,11 @@ def importances(sweep: Sweep, epoch: int) -> tuple[dict[str, float], str]:
 
 
 def importance_plot(found: dict[str, float], sweep: Sweep, path: Path) -> Path:
-    fig, (ax,) = _figure(1, 5.5, 0.5 + 0.4 * len(found))
+    fig, (ax,) = _figure(1, 5.5, 0.9 + 0.4 * len(found))
     names = list(found)[::-1]
     ax.barh([_label(n) for n in names], [found[n] for n in names], color="C0")
     ax.set_xlabel(f"importance for {sweep.metric} (PED-ANOVA, sums to 1)")
+    ax.set_title(f"{sweep.name}: parameter importances", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     return _save(fig, path)
 

@@ -49,9 +49,9 @@ class Locations:
     @property
     def artifact_root(self) -> str | None:
         """Artifacts of a local SQLite store go to a folder beside it; a server decides its own."""
-        parsed = urlparse(self.tracking_uri)
-        if parsed.scheme == "sqlite":
-            return (Path(parsed.path).parent / "mlartifacts" / self.experiment).as_uri()
+        if urlparse(self.tracking_uri).scheme == "sqlite":
+            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+            return (database.parent / "mlartifacts" / self.experiment).as_uri()
         return None
 
 

@@ -112,7 +112,7 @@ def test_ray_job_submit_against_mlflow_server(ray_head, mlflow_server, tmp_path:
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert parents[0].info.status == "FINISHED"
-    assert [a.path for a in client.list_artifacts(parents[0].info.run_id)] == ["spec.yaml"]
+    assert "spec.yaml" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
     best = parents[0].data.tags["jepa.best_run_id"]
     for child in children:
         params = child.data.params
