@@ -29,10 +29,6 @@ class Row:
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # extra lines printed under the row
 
-    @property
-    def verdict(self) -> str:
-        return "-" if self.passed is None else ("pass" if self.passed else "FAIL")
-
 
 def now() -> float:
     return time.perf_counter()

@@ -253,7 +253,7 @@ def throughput_row(ray_trial: Run, baseline: list[Run], cfg: TrialConfig) -> Row
                   f"views {cfg.views.n_global}+{cfg.views.n_local}, {cfg.workers} workers, {cfg.objective.name}",
         "plain_niceness": RAY_WORKER_NICENESS,
     }
-    return Row("1", "framework overhead: Ray trial ÷ plain DDP images/s", f"{ratio:.3f}", "≥ 0.95", ratio >= 0.95,
+    return Row("1", "framework overhead: Ray trial ÷ plain DDP images/s", f"{ratio:.4f}", "≥ 0.95", ratio >= 0.95,
                ratio, details, [f"steady images/s: Ray {ours:.0f} vs plain torch.distributed {plain:.0f} ({details['config']})"])
 
 

@@ -23,7 +23,7 @@ from benchmarks.common import Row, load_average, machine_info
 RESULTS = Path(__file__).resolve().parent / "results.json"
 ROWS = ("1", "2", "3", "4", "5", "6")
 
-# Sizes of each measurement: the full run (≈15 min on 2 idle cores) and --quick (a few minutes).
+# Sizes of each measurement: the full run (≈19 min on 2 idle cores) and --quick.
 FULL = {
     "overhead": {"epochs": 6, "baseline_after": True},
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
@@ -41,10 +41,12 @@ GROUPS = {"overhead": {"1", "6"}, "pipeline": {"2"}, "step": {"2", "3", "4"}, "s
 
 
 def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
+    """The rows of one measurement; ``workdir`` is its own scratch folder."""
+    workdir.mkdir(parents=True)
     if group == "overhead":
         from benchmarks.overhead import overhead_rows
 
-        return overhead_rows(workdir=workdir / "overhead", **sizes)
+        return overhead_rows(workdir=workdir, **sizes)
     if group == "pipeline":
         from benchmarks.pipeline import pipeline_row
 
@@ -55,7 +57,7 @@ def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
         return step_rows(**sizes)
     from benchmarks.sweeps import sweep_row
 
-    return [sweep_row(workdir=workdir / "sweeps", **sizes)]
+    return [sweep_row(workdir=workdir, **sizes)]
 
 
 def run(only: set[str], sizes: dict[str, dict[str, Any]], progress: Callable[[str], None] = print) -> list[Row]:
@@ -70,7 +72,7 @@ def run(only: set[str], sizes: dict[str, dict[str, Any]], progress: Callable[[st
                 if feeds & only:
                     started = time.perf_counter()
                     progress(f"[{group}] measuring rows {', '.join(sorted(feeds & only))} ...")
-                    rows += [r for r in measure(group, sizes[group], Path(tmp)) if r.id[0] in only]
+                    rows += [r for r in measure(group, sizes[group], Path(tmp, group)) if r.id[0] in only]
                     progress(f"[{group}] done in {time.perf_counter() - started:.0f} s")
         finally:
             if previous is None:
@@ -119,7 +121,8 @@ def save(rows: list[Row], mode: str, runtime: float, load: list[float], out: Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description="Run the benchmark rows, print the table, write results.json.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes; noisier)")
     parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW",
                         help="rows to run (1-6); shared measurements run once")

@@ -132,7 +132,6 @@ def init_ray(loc: Locations) -> None:
         s.bind(("127.0.0.1", 0))
         dashboard_port = s.getsockname()[1]
     env = {
-        "MLFLOW_TRACKING_URI": loc.tracking_uri,
         "JEPA_SWEEPS_HOME": str(home()),
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}",
     }

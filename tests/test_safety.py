@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
-import psutil  # after ray: Ray ships it
+import ray  # noqa: F401 - puts the psutil that Ray ships on the path
+import psutil
 import torch
 import yaml
 from hypothesis import assume, given, settings
