@@ -93,17 +93,13 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One local Ray for the module, started as the runner starts it (``main`` then reuses it)."""
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    """One local Ray for the module, started as the runner starts it (``main`` then reuses it), with
+    token authentication on as users have it. (Ray cannot switch authentication modes within one
+    process: after a token-auth Ray, a ``RAY_AUTH_MODE=disabled`` one starts every trial actor dead.)"""
     folder = tmp_path_factory.mktemp("ray_home")
     init_ray(Locations(str(folder), f"sqlite:///{folder / 'unused.db'}", "unused"))
     yield
     ray.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = saved
 
 
 @pytest.fixture
