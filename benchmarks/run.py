@@ -25,7 +25,7 @@ ROWS = ("1", "2", "3", "4", "5", "6")
 
 # Sizes of each measurement: the full run (≈19 min on 2 idle cores) and --quick.
 FULL = {
-    "overhead": {"epochs": 6, "baseline_after": True},
+    "overhead": {"epochs": 16, "baseline_after": True},
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
     "step": {"nano_batch": 128, "nano_reps": 3, "cnn_reps": 20, "objective_reps": 20, "matmul_n": 4096},
     "sweeps": {"samples": 6, "epochs": 6, "grace": 1, "reduction": 3},
