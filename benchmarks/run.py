@@ -23,7 +23,7 @@ from benchmarks.common import Row, load_average, machine_info
 RESULTS = Path(__file__).resolve().parent / "results.json"
 ROWS = ("1", "2", "3", "4", "5", "6")
 
-# Sizes of each measurement: the full run (≈19 min on 2 idle cores) and --quick.
+# Sizes of each measurement: the full run (≈23 min on 2 idle cores) and --quick.
 FULL = {
     "overhead": {"epochs": 16, "baseline_after": True},
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
