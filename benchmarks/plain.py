@@ -62,6 +62,12 @@ class Run:
     def steady(self) -> list[float]:
         return self.images_per_s[1:]
 
+    def steady_windows(self) -> list[tuple[float, float]]:
+        """(start, end) of each steady epoch's training: epoch i trains right after report i-1 is
+        handed over, for its training time (the reports' arrival lags the worker by well under a
+        second, against 3–5 s of training)."""
+        return [(t, t + self.epoch_images / x) for t, x in zip(self.report_times, self.images_per_s[1:])]
+
     def estimated_begin(self) -> float:
         return first_epoch_start(self.report_times, [self.epoch_images / x for x in self.images_per_s])
 
@@ -95,7 +101,8 @@ def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {"OMP_NUM_THREADS": "1", **os.environ,  # what torchrun and Ray set for several ranks on a node
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     launched = time.time()
     procs = [
         subprocess.Popen([sys.executable, "-m", "benchmarks.plain", str(out / "config.json"), str(out), str(rank),

@@ -23,15 +23,15 @@ from benchmarks.common import Row, load_average, machine_info
 RESULTS = Path(__file__).resolve().parent / "results.json"
 ROWS = ("1", "2", "3", "4", "5", "6")
 
-# Sizes of each measurement: the full run (≈23 min on 2 idle cores) and --quick.
+# Sizes of each measurement: the full run (≈20 min on 2 idle cores) and --quick.
 FULL = {
-    "overhead": {"epochs": 16, "baseline_after": True},
+    "overhead": {"epochs": 8, "rounds": 4, "baseline_after": True},
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
     "step": {"nano_batch": 128, "nano_reps": 3, "cnn_reps": 20, "objective_reps": 20, "matmul_n": 4096},
     "sweeps": {"samples": 6, "epochs": 6, "grace": 1, "reduction": 3},
 }
 QUICK = {
-    "overhead": {"epochs": 3, "baseline_after": False},
+    "overhead": {"epochs": 3, "rounds": 1, "baseline_after": False},
     "pipeline": {"batch": 256, "batches": 2, "reps": 3},
     "step": {"nano_batch": 16, "nano_reps": 2, "cnn_reps": 5, "objective_reps": 5, "matmul_n": 2048},
     "sweeps": {"samples": 3, "epochs": 2, "grace": 1, "reduction": 3},

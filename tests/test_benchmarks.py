@@ -12,12 +12,14 @@ import pytest
 import requests
 
 from benchmarks import run as bench
-from benchmarks.overhead import RequestCounter, overhead_rows
-from benchmarks.plain import first_epoch_start
+from benchmarks.common import StealMeter
+from benchmarks.overhead import RequestCounter, overhead_rows, throughput_row
+from benchmarks.plain import Run, first_epoch_start
 from benchmarks.sweeps import compare, sweep_spec
+from jepa_sweeps.config import TrialConfig
 
 TINY = {
-    "overhead": {"epochs": 2, "baseline_after": False},
+    "overhead": {"epochs": 2, "rounds": 1, "baseline_after": False},
     "pipeline": {"batch": 8, "batches": 1, "reps": 1},
     "step": {"nano_batch": 2, "nano_reps": 1, "cnn_reps": 1, "objective_reps": 1, "matmul_n": 64,
              "nano_overrides": {"dim": 32, "depth": 1, "heads": 2}},
@@ -55,7 +57,8 @@ def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
     rows = {r.id: r for r in overhead_rows(workdir=tmp_path, **TINY["overhead"])}
     assert set(rows) == {"1", "1b", "6"}
-    assert len(rows["1"].details["ray_images_per_s"]) == 2 and rows["1"].value > 0
+    assert len(rows["1"].details["ray_images_per_s"]) == 1 and len(rows["1"].details["ray_images_per_s"][0]) == 2
+    assert rows["1"].value > 0 and rows["1"].details["epochs_compared"] == {"ray": "1/1", "plain": "1/1"}
     assert rows["1b"].details["timeline_s"]["started"] < rows["1b"].details["timeline_s"]["last_report"]
     assert rows["6"].details["per_report"] == [1, 1]  # the product's batching, not a timing
     assert rows["6"].details["server_access_log"]["POST /api/2.0/mlflow/runs/log-batch"] >= 2
@@ -71,6 +74,45 @@ def test_first_epoch_start_recovers_the_begin_time() -> None:
     assert first_epoch_start(reports, train) == pytest.approx(100.0)
     with pytest.raises(ValueError):
         first_epoch_start(reports[:1], train[:1])
+
+
+def steal_meter(stolen: dict[int, int], seconds: int = 40) -> StealMeter:
+    """A meter with /proc/stat-like samples each second: 100 ticks a second, ``stolen[t]`` of them
+    stolen during second t."""
+    meter, ticks = StealMeter(), [0] * 10
+    for t in range(seconds):
+        meter.samples.append((float(t), list(ticks)))
+        ticks[0] += 100 - stolen.get(t, 0)
+        ticks[7] += stolen.get(t, 0)
+    return meter
+
+
+def test_epochs_slowed_by_the_host_are_left_out_of_both_sides() -> None:
+    """Row 1 compares only epochs during which the hypervisor stole ≤ 1 % of the CPU."""
+    meter = steal_meter({13: 20, 14: 20, 15: 20})
+    assert meter.fraction(13, 16) == pytest.approx(0.2) and StealMeter().fraction(0, 1) == 0.0
+    # 1000 images an epoch; a steady epoch trains right after the previous report, for 1000 / speed s
+    plain = Run(0.0, [0.0, 10.0, 20.0, 30.0], [250.0, 400.0, 400.0, 400.0], 1000)
+    slowed = Run(0.0, [12.0, 22.0, 32.0], [250.0, 200.0, 390.0], 1000)  # epoch 2 trains in 12–17 s
+    cfg = TrialConfig()
+    row = throughput_row([slowed], [plain], cfg, meter)
+    assert row.details["epochs_compared"] == {"ray": "1/2", "plain": "3/3"}
+    assert row.value == pytest.approx(390 / 400) and row.passed is True
+    assert row.details["ratio_unfiltered"] == pytest.approx(295 / 400)
+    assert row.details["interval_95"] == [pytest.approx(390 / 400)] * 2  # one run a side: nothing to resample
+    clean = Run(0.0, [0.0, 10.0, 20.0], [250.0, 300.0, 390.0], 1000)
+    row = throughput_row([slowed, clean], [plain, plain], cfg, meter)  # plain, Ray, plain, Ray as in a run
+    low, high = row.details["interval_95"]
+    # draws of {clean, clean} pool 300, 390, 300, 390; every other draw has median 390
+    assert (low, high) == (pytest.approx(345 / 400), pytest.approx(390 / 400)) and row.value == high
+    # clean's epoch 2 trains in 0–3.3 s, its epoch 3 in 10–12.6 s: both before the burst
+    assert throughput_row([clean], [plain], cfg, meter).details["epochs_compared"]["ray"] == "2/2"
+    # when the host takes its share all along, no epoch is better than another: all are compared
+    everywhere = steal_meter({t: 5 for t in range(40)})
+    assert throughput_row([slowed], [plain], cfg, everywhere).details["epochs_compared"]["ray"] == "2/2"
+    # nor when one side was hit throughout and the other never
+    only_ray = steal_meter({t: 20 for t in [*range(12, 17), *range(22, 25)]})
+    assert throughput_row([slowed], [plain], cfg, only_ray).details["epochs_compared"] == {"ray": "2/2", "plain": "3/3"}
 
 
 def test_request_counter_attributes_requests_to_phases() -> None:
