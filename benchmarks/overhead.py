@@ -199,7 +199,7 @@ def ray_run(spec: SweepSpec, counter: RequestCounter) -> tuple[Run, dict[str, fl
     launched = time.time()
     with counter.installed():
         tuner.fit()
-    cfg = spec.trial_config({})
+    cfg = spec.trial_for({})
     run = Run(launched, [t for t, _ in clock.results], [r["images_per_s"] for _, r in clock.results], epoch_images(cfg))
     return run, {"fit": launched, "started": clock.stamps["started"], "completed": clock.stamps["completed"],
                  **process_starts(launched)}
@@ -235,7 +235,7 @@ def overhead_rows(epochs: int, workdir: Path, rounds: int = 1, baseline_after: b
     with mlflow_server(workdir) as (uri, log), StealMeter() as steal:
         # A storage folder per trial: under one folder, each trial would resume the finished first.
         specs = [trial_spec(epochs, workdir / f"storage-{i}", uri) for i in range(rounds)]
-        cfg = specs[0].trial_config({})
+        cfg = specs[0].trial_for({})
         threads = max(1, int(specs[0].resources.cpus_per_worker))
         baseline: list[Run] = []
         trials: list[tuple[Run, dict[str, float], RequestCounter]] = []

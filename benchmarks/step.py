@@ -53,7 +53,7 @@ def nano_config(batch: int, overrides: dict[str, Any] | None = None) -> TrialCon
 def digits_config() -> TrialConfig:
     """The main job's trial (search_spaces/lambda.yaml at λ = 0.05) as one process on its global batch."""
     spec = load_spec(LAMBDA_SPEC, ["points=[]", "num_samples=1", "search.objective.lam=0.05"])
-    return spec.trial_config({}).model_copy(update={"workers": 1})
+    return spec.trial_for({}).model_copy(update={"workers": 1})
 
 
 @dataclass

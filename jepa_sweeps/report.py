@@ -19,7 +19,6 @@ import html
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.config import ConfigError, TrialConfig
+from jepa_sweeps.storage import report_folder, safe_name
 
 EXIT_USAGE = 2
 COMPARABLE = ("finished", "stopped early")  # jepa.status of trials that count in comparisons
@@ -133,7 +133,7 @@ class Sweep:
 def resolve(target: str, tracking_uri: str | None) -> tuple[str, str]:
     """(tracking URI, experiment name) from a spec path or an experiment name, as the runner does."""
     from jepa_sweeps.spec import MLflowSpec, SweepSpec, load_spec
-    from jepa_sweeps.sweep import locate
+    from jepa_sweeps.storage import locate
 
     if target.endswith((".yaml", ".yml")) or Path(target).is_file():
         overrides = [f"mlflow.tracking_uri={tracking_uri}"] if tracking_uri else []
@@ -644,11 +644,6 @@ def _write_html(path: Path, summary: str, when: str, comparison: tuple, sections
 
 
 # -- CSV export ------------------------------------------------------------------------------------
-def safe_name(text: str) -> str:
-    """A file-name part: no path separators or other surprises."""
-    return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text).strip("._") or "_"
-
-
 def export_csv(trials: list[Trial], folder: Path) -> list[Path]:
     """Every metric curve of ``trials`` as ``<run>__<metric>.csv`` (``step,value``), exactly as logged."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -702,9 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ReportError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return EXIT_USAGE
-    from jepa_sweeps.sweep import home
-
-    out = args.out or home() / "reports" / safe_name(experiment)
+    out = args.out or report_folder(experiment)
     report = write_report(client, sweep, out.resolve(), args.epoch)
     print(report.text)
     if args.csv:

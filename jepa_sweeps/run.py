@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from jepa_sweeps.cli import usage_error
 from jepa_sweeps.config import ConfigError
 from jepa_sweeps.spec import SweepSpec, load_spec, redact
-from jepa_sweeps.sweep import Locations, home, locate, read_state
-
-EXIT_USAGE = 2
+from jepa_sweeps.storage import Locations, home, is_uri, locate, other_store, read_state
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,7 +43,7 @@ def creatable(folder: Path) -> bool:
 
 def check_storage(storage: str) -> None:
     """A local storage folder that cannot be made would only fail after Ray started."""
-    if "://" not in storage and not creatable(Path(storage)):
+    if not is_uri(storage) and not creatable(Path(storage)):
         raise ConfigError(f"storage={storage!r}: cannot create this folder")
 
 
@@ -76,7 +75,7 @@ def check_tracking(uri: str) -> None:
 def earlier_state(spec: SweepSpec, loc: Locations, fresh: bool) -> dict[str, Any] | None:
     """The state of an earlier sweep of this name; an unreadable one only matters without ``--fresh``."""
     try:
-        state = read_state(spec, loc)
+        state = read_state(loc)
     except (OSError, ValueError) as err:
         problem = str(err).splitlines()[0] if str(err) else type(err).__name__
     else:
@@ -91,7 +90,7 @@ def earlier_state(spec: SweepSpec, loc: Locations, fresh: bool) -> dict[str, Any
 
 
 def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
-    base = spec.trial_config({})
+    base = spec.trial_for({})
     lines = [
         f"sweep {spec.name!r}: {spec.num_samples} configurations × {spec.seeds} seed(s), "
         f"{spec.metric} ({spec.mode}), scheduler {spec.scheduler.name}" + (" — resuming" if resume else ""),
@@ -107,7 +106,7 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
         f"  each trial: {r.workers} DDP worker(s) × {r.cpus_per_worker} CPU"
         + (f" + {r.gpus_per_worker} GPU" if r.gpus_per_worker else "")
         + f", driver {r.driver_cpus} CPU; ≤ {r.max_concurrent_trials} trial(s) at once",
-        f"  storage: {loc.storage}/{spec.name}",
+        f"  storage: {redact(loc.folder)}",
         f"  mlflow:  {redact(loc.tracking_uri)} (experiment {loc.experiment!r})",
     ]
     return "\n".join(lines)
@@ -181,7 +180,7 @@ def check_storage_reaches_every_node(storage: str) -> None:
 
 
 def refuse_local_storage(storage: str, hosts: int) -> None:
-    if hosts < 2 or "://" in storage:
+    if hosts < 2 or is_uri(storage):
         return
     kind = filesystem_type(storage)
     if not kind.startswith(SHARED_FILESYSTEMS):
@@ -204,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"name={spec.name!r}: the spec changed since this sweep started (digest {state.get('digest')} → "
                 f"{spec.digest()}); pass --fresh to start it over, or give it a new name"
             )
+        recorded = other_store(state, loc) if state and not args.fresh else None
+        if recorded is not None:
+            raise ConfigError(
+                f"name={spec.name!r}: this sweep is tracked in {recorded}, not {redact(loc.tracking_uri)}; "
+                "resume it with its own store, or pass --fresh to start it over here"
+            )
     except ConfigError as err:
-        print(f"error: {redact(str(err))}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(err))
     resume = bool(state) and not args.fresh
     print(plan(spec, loc, resume), flush=True)
     if args.dry_run:
@@ -220,8 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_storage_reaches_every_node(loc.storage)
     except ConfigError as err:
-        print(f"error: {redact(str(err))}", file=sys.stderr)
-        return EXIT_USAGE
+        return usage_error(str(err))
     session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
     results = session.fit()
     print(finish_sweep(spec, loc, session, results), flush=True)

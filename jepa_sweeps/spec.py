@@ -245,7 +245,7 @@ class SweepSpec(Strict):
             base.setdefault("objective", {}).setdefault("name", "sigreg")
         return base
 
-    def trial_config(self, params: dict[str, Any], check_paths: bool = True) -> TrialConfig:
+    def trial_for(self, params: dict[str, Any], check_paths: bool = True) -> TrialConfig:
         """The trial config for searched values ``params`` (dotted keys), validated."""
         cfg = self.base_trial()
         name = params.get("objective.name", get_path(cfg, "objective.name", "sigreg"))
@@ -316,7 +316,7 @@ class SweepSpec(Strict):
                     holder = next(n for n in (dist.when or names) if key.split(".", 1)[1] in REGISTRY[n].Params.model_fields)
                     params["objective.name"] = holder
                 try:
-                    self.trial_config(params)
+                    self.trial_for(params)
                 except ValidationError as err:
                     raise ValueError(f"search.{key}={value!r}: {describe(err, prefix='trial', limit=1)}") from None
         for i, point in enumerate(self.points):
@@ -326,7 +326,7 @@ class SweepSpec(Strict):
                 if not self.searched[key].contains(value):
                     raise ValueError(f"points[{i}].{key}={value!r}: outside its search range")
             try:
-                self.trial_config(point)
+                self.trial_for(point)
             except ValidationError as err:
                 raise ValueError(f"points[{i}]: {describe(err, prefix='trial', limit=1)}") from None
 

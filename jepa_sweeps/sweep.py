@@ -1,16 +1,12 @@
 """The sweep: Tune + OptunaSearch (seeded TPE, define-by-run) + ASHA/FIFO over trial drivers.
 
-Also where a sweep's locations are decided (storage, tracking URI, MLflow experiment) and where
-an interrupted sweep is resumed: a ``jepa_sweeps.json`` beside Tune's experiment state records
-the spec digest and the parent MLflow run.
+Also where an interrupted sweep is resumed: the sweep's state file (``jepa_sweeps.storage``)
+records the spec digest, the parent MLflow run and the tracking store.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,97 +19,11 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
+from jepa_sweeps import names
 from jepa_sweeps.space import SearchSpace
 from jepa_sweeps.spec import SweepSpec, redact
-from jepa_sweeps.trial import run_trial, train_storage
-
-STATE_FILE = "jepa_sweeps.json"
-
-
-def home() -> Path:
-    return Path(os.environ.get("JEPA_SWEEPS_HOME", "~/.jepa_sweeps")).expanduser().resolve()
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-@dataclass(frozen=True)
-class Locations:
-    """Absolute places a sweep reads and writes (the same on every Ray node)."""
-
-    storage: str  # Ray storage: absolute path or URI
-    tracking_uri: str
-    experiment: str
-
-    @property
-    def artifact_root(self) -> str | None:
-        """Artifacts of a local SQLite store go to a folder beside it; a server decides its own."""
-        if urlparse(self.tracking_uri).scheme == "sqlite":
-            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            return (database.parent / "mlartifacts" / self.experiment).as_uri()
-        return None
-
-
-def locate(spec: SweepSpec) -> Locations:
-    storage = spec.storage or str(home() / "ray_results")
-    if not is_uri(storage):
-        storage = str(Path(storage).expanduser().resolve())
-    uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
-    parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///")
-        uri = f"sqlite:///{Path(path).expanduser().resolve()}"
-    elif not parsed.scheme:
-        uri = f"sqlite:///{Path(uri).expanduser().resolve()}"
-    return Locations(storage, uri, spec.mlflow.experiment or spec.name)
-
-
-def experiment_path(spec: SweepSpec, loc: Locations) -> str:
-    return f"{loc.storage.rstrip('/')}/{spec.name}"
-
-
-def read_state(spec: SweepSpec, loc: Locations) -> dict[str, Any] | None:
-    """The recorded state of an earlier sweep with this name, if any (read-only)."""
-    path = f"{experiment_path(spec, loc)}/{STATE_FILE}"
-    if is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, inner = pafs.FileSystem.from_uri(path)
-        if fs.get_file_info(inner).type == pafs.FileType.NotFound:
-            return None
-        with fs.open_input_stream(inner) as f:
-            return json.loads(f.read())
-    file = Path(path)
-    return json.loads(file.read_text()) if file.is_file() else None
-
-
-def write_state(spec: SweepSpec, loc: Locations, state: dict[str, Any]) -> None:
-    path = f"{experiment_path(spec, loc)}/{STATE_FILE}"
-    text = json.dumps(state, indent=2)
-    if is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, inner = pafs.FileSystem.from_uri(path)
-        fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(inner) as f:
-            f.write(text.encode())
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text)
-
-
-def delete_sweep(spec: SweepSpec, loc: Locations) -> None:
-    """``--fresh``: forget the Tune experiment and its Train checkpoints (MLflow keeps the runs)."""
-    for path in (experiment_path(spec, loc), train_storage(spec, loc.storage)):
-        if is_uri(path):
-            import pyarrow.fs as pafs
-
-            fs, inner = pafs.FileSystem.from_uri(path)
-            if fs.get_file_info(inner).type != pafs.FileType.NotFound:
-                fs.delete_dir(inner)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+from jepa_sweeps.storage import Locations, delete_sweep, filesystem, report_folder, tracking_record, write_state
+from jepa_sweeps.trial import run_trial
 
 
 class Search(OptunaSearch):
@@ -145,7 +55,7 @@ def searcher(spec: SweepSpec) -> Any:
 def scheduler(spec: SweepSpec) -> Any:
     if spec.scheduler.name == "fifo":
         return FIFOScheduler()
-    epochs = spec.trial_config({}).epochs
+    epochs = spec.trial_for({}).epochs
     return ASHAScheduler(
         time_attr="epoch",
         max_t=epochs,
@@ -157,13 +67,13 @@ def scheduler(spec: SweepSpec) -> Any:
 
 def trainable(spec: SweepSpec, loc: Locations) -> Any:
     res = spec.resources
-    fn = tune.with_parameters(run_trial, spec=spec, storage=loc.storage)
+    fn = tune.with_parameters(run_trial, spec=spec, storage=loc.train_path)
     return tune.with_resources(fn, {"cpu": res.driver_cpus, **res.driver_resources})
 
 
 def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.Tuner:
     """A new Tuner, or the restored one when this sweep was interrupted."""
-    path = experiment_path(spec, loc)
+    path = loc.tune_path
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable(spec, loc), resume_errored=True)
     return tune.Tuner(
@@ -177,8 +87,8 @@ def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.T
             max_concurrent_trials=spec.resources.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=loc.storage,
+            name=path.rsplit("/", 1)[1],
+            storage_path=loc.folder,
             callbacks=callbacks,
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
@@ -206,7 +116,7 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
     from jepa_sweeps.tracking import SweepLogger, ensure_experiment, git_commit, start_parent_run
 
     if fresh:
-        delete_sweep(spec, loc)
+        delete_sweep(loc)
     client = MlflowClient(loc.tracking_uri)
     experiment_id = ensure_experiment(client, loc.experiment, loc.artifact_root)
     parent = state.get("parent_run_id") if state else None
@@ -216,16 +126,19 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
             experiment_id,
             spec,
             tags={
-                "jepa.role": "sweep",
-                "jepa.spec_digest": spec.digest(),
-                "mlflow.source.git.commit": git_commit(),
+                names.ROLE_TAG: names.SWEEP_ROLE,
+                names.SPEC_DIGEST_TAG: spec.digest(),
+                names.GIT_COMMIT_TAG: git_commit(),
                 "ray_version": ray.__version__,
                 "torch_version": torch.__version__,
             },
         )
     else:
         client.update_run(parent, status="RUNNING")
-    write_state(spec, loc, {"digest": spec.digest(), "parent_run_id": parent, "experiment_id": experiment_id})
+    write_state(loc, {
+        "digest": spec.digest(), "parent_run_id": parent, "experiment_id": experiment_id,
+        "tracking": tracking_record(loc.tracking_uri),
+    })
     logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
     return Session(build_tuner(spec, loc, [logger]), client, experiment_id, parent)
 
@@ -241,14 +154,15 @@ def _run_exists(client: Any, run_id: str) -> bool:
 
 def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any) -> str:
     """Summary table, best encoder as an artifact, parent run closed; returns what to print."""
-    from jepa_sweeps.tracking import TRIAL_TAG, run_name, runs_link, trial_status
+    from jepa_sweeps.report import publish_report
+    from jepa_sweeps.tracking import run_name, runs_link, trial_status
     from jepa_sweeps.trial import config_for
 
     client = session.client
     runs = {
-        r.data.tags.get(TRIAL_TAG): r
+        r.data.tags.get(names.TRIAL_TAG): r
         for r in client.search_runs(
-            [session.experiment_id], f"tags.`mlflow.parentRunId` = '{session.parent_run_id}'", max_results=10000
+            [session.experiment_id], f"tags.`{names.PARENT_TAG}` = '{session.parent_run_id}'", max_results=10000
         )
     }
     rows = []
@@ -277,11 +191,9 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
         checkpoint = best[3].get("checkpoint_path")
         if best_run is not None and checkpoint:
             _log_encoder(client, best_run.info.run_id, checkpoint, loc.storage)
-            client.set_tag(session.parent_run_id, "jepa.best_run_id", best_run.info.run_id)
+            client.set_tag(session.parent_run_id, names.BEST_RUN_TAG, best_run.info.run_id)
         client.log_metric(session.parent_run_id, f"best_{spec.metric}", float(best[0]))
-    from jepa_sweeps.report import publish_report, safe_name
-
-    report_line = publish_report(client, session.parent_run_id, home() / "reports" / safe_name(loc.experiment))
+    report_line = publish_report(client, session.parent_run_id, report_folder(loc.experiment))
     client.set_terminated(session.parent_run_id, "FINISHED")
     link = redact(runs_link(loc.tracking_uri, session.experiment_id))
     lines += ["", f"MLflow UI:   {ui_hint(loc.tracking_uri)}", f"runs table:  {link}", report_line]
@@ -302,13 +214,11 @@ def _log_encoder(client: Any, run_id: str, checkpoint: str, storage: str) -> Non
     """
     import tempfile
 
-    import pyarrow.fs as pafs
-
     from jepa_sweeps.train import ENCODER_FILE
 
-    fs = pafs.FileSystem.from_uri(storage)[0] if is_uri(storage) else pafs.LocalFileSystem()
+    fs = filesystem(storage)[0]
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp, ENCODER_FILE)
         with fs.open_input_stream(f"{checkpoint}/{ENCODER_FILE}") as f:
             target.write_bytes(f.read())
-        client.log_artifact(run_id, str(target), artifact_path="best_encoder")
+        client.log_artifact(run_id, str(target), artifact_path=names.BEST_ENCODER)

@@ -18,24 +18,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow.fs as pafs
 import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune.logger import LoggerCallback
 
+from jepa_sweeps import names
 from jepa_sweeps.config import TrialConfig
+from jepa_sweeps.names import PARENT_TAG, STATUS_TAG, TRIAL_TAG
 from jepa_sweeps.retry import BufferedClient
 from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.storage import filesystem
 from jepa_sweeps.train import ARTIFACTS_DIR
 
-DIAGNOSTICS = "diagnostics"  # the runs' artifact folder of per-eval pictures
 log = logging.getLogger(__name__)
 
-TRIAL_TAG = "jepa.trial_id"
-STATUS_TAG = "jepa.status"
-REASON_TAG = "jepa.reason"  # why a trial diverged
-PARENT_TAG = "mlflow.parentRunId"
 # Tune's bookkeeping, not training metrics.
 TUNE_KEYS = {
     "time_this_iter_s", "time_total_s", "training_iteration", "timestamp", "pid", "done",
@@ -47,8 +46,8 @@ TUNE_KEYS = {
 def readable_params(cfg: TrialConfig) -> dict[str, Any]:
     """The columns researchers compare first, then the whole flattened config."""
     params = {
-        "regulariser": cfg.objective.name,
-        "lambda": getattr(cfg.objective, "lam", "n/a"),
+        names.REGULARISER_PARAM: cfg.objective.name,
+        names.LAMBDA_PARAM: getattr(cfg.objective, "lam", names.NO_LAMBDA),
         "n_global_views": cfg.views.n_global,
         "n_local_views": cfg.views.n_local,
         "batch_size": cfg.optim.batch_size,
@@ -87,12 +86,12 @@ def run_name(cfg: TrialConfig) -> str:
 
 def trial_status(cfg: TrialConfig, last: dict[str, Any] | None, failed: bool) -> str:
     if failed:
-        return "failed"
+        return names.FAILED
     if last and last.get("diverged"):
-        return "diverged"
+        return names.DIVERGED
     if last and int(last.get("epoch", 0)) < cfg.epochs:
-        return "stopped early"
-    return "finished"
+        return names.STOPPED_EARLY
+    return names.FINISHED
 
 
 def git_commit() -> str:
@@ -142,7 +141,7 @@ class SweepLogger(LoggerCallback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         self.client.drain()  # writes queued during a tracking outage
 
-    def trial_config(self, trial: Any) -> TrialConfig:
+    def config_of(self, trial: Any) -> TrialConfig:
         if trial.trial_id not in self.configs:
             from jepa_sweeps.trial import config_for
 
@@ -151,20 +150,20 @@ class SweepLogger(LoggerCallback):
 
     def log_trial_start(self, trial: Any) -> None:
         if trial.trial_id in self.runs:
-            self.client.set_tag(self.runs[trial.trial_id], STATUS_TAG, "running")
+            self.client.set_tag(self.runs[trial.trial_id], STATUS_TAG, names.RUNNING)
             return
-        cfg = self.trial_config(trial)
+        cfg = self.config_of(trial)
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name(cfg),
-            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, STATUS_TAG: "running"},
+            tags={PARENT_TAG: self.parent_run_id, TRIAL_TAG: trial.trial_id, STATUS_TAG: names.RUNNING},
         )
         self.runs[trial.trial_id] = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in readable_params(cfg).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp, "trial_config.json")
+            path = Path(tmp, names.CONFIG_ARTIFACT)
             path.write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
             self.client.log_artifact(run.info.run_id, str(path))
 
@@ -187,12 +186,12 @@ class SweepLogger(LoggerCallback):
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
             return
-        status = trial_status(self.trial_config(trial), trial.last_result, failed)
+        status = trial_status(self.config_of(trial), trial.last_result, failed)
         tags = [RunTag(STATUS_TAG, status)]
         if failed and getattr(trial, "error_file", None):
-            tags.append(RunTag("jepa.error", _last_error_line(trial)))
-        if status == "diverged":
-            tags.append(RunTag(REASON_TAG, str(trial.last_result.get("diverged_reason", "non-finite loss"))))
+            tags.append(RunTag(names.ERROR_TAG, _last_error_line(trial)))
+        if status == names.DIVERGED:
+            tags.append(RunTag(names.REASON_TAG, str(trial.last_result.get("diverged_reason", "non-finite loss"))))
         self.client.log_batch(run_id, tags=tags)
         self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
@@ -203,24 +202,17 @@ def upload_checkpoint_files(client: MlflowClient, run_id: str, checkpoint: str) 
     its metrics are logged, and losing pictures must not stop the sweep."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            if "://" in checkpoint:
-                import pyarrow.fs as pafs
-
-                fs, inner = pafs.FileSystem.from_uri(checkpoint)
-                folder = f"{inner.rstrip('/')}/{ARTIFACTS_DIR}"
-                selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
-                files = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
-                for info in files:
-                    target = Path(tmp, info.path[len(folder) :].lstrip("/"))
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    with fs.open_input_stream(info.path) as f:
-                        target.write_bytes(f.read())
-                local = Path(tmp) if files else None
-            else:
-                local = Path(checkpoint, ARTIFACTS_DIR)
-                local = local if local.is_dir() else None
-            if local is not None:
-                client.log_artifacts(run_id, str(local), DIAGNOSTICS)
+            fs, inner = filesystem(checkpoint)
+            folder = f"{inner.rstrip('/')}/{ARTIFACTS_DIR}"
+            selector = pafs.FileSelector(folder, recursive=True, allow_not_found=True)
+            files = [i for i in fs.get_file_info(selector) if i.type == pafs.FileType.File]
+            for info in files:
+                target = Path(tmp, info.path[len(folder) :].lstrip("/"))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with fs.open_input_stream(info.path) as f:
+                    target.write_bytes(f.read())
+            if files:
+                client.log_artifacts(run_id, tmp, names.DIAGNOSTICS)
     except (OSError, MlflowException) as err:
         log.warning("could not upload the files of checkpoint %s: %s", checkpoint, err)
 
@@ -240,14 +232,14 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: SweepSpec, 
         params=[
             Param(k, str(v)[:6000])
             for k, v in {
-                "num_samples": spec.num_samples, "seeds": spec.seeds, "metric": spec.metric, "mode": spec.mode,
-                "scheduler": spec.scheduler.name, "workers": spec.resources.workers,
-                "searched": ",".join(spec.searched) or "none",
+                "num_samples": spec.num_samples, "seeds": spec.seeds, names.METRIC_PARAM: spec.metric,
+                names.MODE_PARAM: spec.mode, "scheduler": spec.scheduler.name, "workers": spec.resources.workers,
+                names.SEARCHED_PARAM: ",".join(spec.searched) or names.NOTHING_SEARCHED,
             }.items()
         ],
     )
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "spec.yaml")
+        path = Path(tmp, names.SPEC_ARTIFACT)
         path.write_text(redact(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)))
         client.log_artifact(run.info.run_id, str(path))
     return run.info.run_id

@@ -41,7 +41,7 @@ def config_for(spec: SweepSpec, config: dict[str, Any], check_paths: bool = True
     error raised in a trial does not unpickle in the sweep driver, which would end the whole sweep.
     """
     try:
-        cfg = spec.trial_config(trial_params(config), check_paths)
+        cfg = spec.trial_for(trial_params(config), check_paths)
     except ValidationError as err:
         raise ConfigError(describe(err)) from None
     repeat = int(config.get("__trial_index__", 0))
@@ -110,13 +110,8 @@ class ForwardToTune(UserCallback):
         self.queue.put(result)
 
 
-def train_storage(spec: SweepSpec, storage: str) -> str:
-    """Where Train runs keep their checkpoints: beside the Tune experiment, not inside it."""
-    return f"{storage.rstrip('/')}/{spec.name}.train"
-
-
 def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
-    """The Tune function trainable (trial driver)."""
+    """The Tune function trainable (trial driver); Train runs go under ``storage`` (``Locations.train_path``)."""
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
     os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     # Worker start-up takes far longer than Train's 60 s default on a busy 2-core machine.
@@ -135,7 +130,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
         ),
         run_config=ray.train.RunConfig(
             name=f"train-{tune.get_context().get_trial_id()}",
-            storage_path=train_storage(spec, storage),
+            storage_path=storage,
             callbacks=[ForwardToTune(reports)],
             checkpoint_config=CheckpointConfig(num_to_keep=spec.failures.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from jepa_sweeps.config import ConfigError
 from jepa_sweeps.run import main
 from jepa_sweeps.spec import SweepSpec, apply_overrides, load_spec, parse_spec
-from jepa_sweeps.sweep import STATE_FILE, locate, write_state
+from jepa_sweeps.storage import locate, write_state
 
 BAD_SPECS = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
 #: cases also run through the real CLI, end to end
@@ -151,8 +151,8 @@ def fake_earlier_sweep(spec_file: Path, state: Any) -> Path:
     spec = load_spec(spec_file)
     loc = locate(spec)
     if isinstance(state, dict):
-        write_state(spec, loc, state)
-    path = Path(loc.storage) / spec.name / STATE_FILE
+        write_state(loc, state)
+    path = Path(loc.state_path)
     if not isinstance(state, dict):
         path.parent.mkdir(parents=True)
         path.write_text(state)

@@ -396,7 +396,7 @@ def test_sweep_runs_across_nodes_with_s3_checkpoints_and_mlflow_server(rehearsal
     assert drivers and {names[a["node_id"]] for a in drivers} == {"head"}  # pinned by trial_driver
 
     # The object store holds every trial's checkpoints (Train runs are named after the trial).
-    keys = s3_keys(r, f"sweeps/{spec.name}.train/")
+    keys = s3_keys(r, f"sweeps/{spec.name}/train/")
     runs = checkpoints(keys)
     assert len(runs) == trials and all(runs.values()), keys
 
@@ -410,7 +410,7 @@ def test_sweep_runs_across_nodes_with_s3_checkpoints_and_mlflow_server(rehearsal
     (parent,) = [x for x in found if x.data.tags.get("jepa.role") == "sweep"]
     children = [x for x in found if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(children) == trials
-    epochs = spec.trial_config({}).epochs
+    epochs = spec.trial_for({}).epochs
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["jepa.trial_id"] in {k.removeprefix("train-") for k in runs}
@@ -450,7 +450,7 @@ def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
 
     submit(r, sid, *overrides, wait=False)
     deadline = time.monotonic() + 300
-    while not checkpoints(s3_keys(r, f"sweeps/{name}.train/")):
+    while not checkpoints(s3_keys(r, f"sweeps/{name}/train/")):
         info = job(r, sid)
         assert info["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline, info
         time.sleep(0.5)
@@ -478,4 +478,4 @@ def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
     assert child.info.status == "FINISHED" and child.data.tags["jepa.status"] == "finished"
     steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "knn_acc"))
     assert steps == list(range(1, epochs + 1)), steps
-    assert len(checkpoints(s3_keys(r, f"sweeps/{name}.train/"))) == 1
+    assert len(checkpoints(s3_keys(r, f"sweeps/{name}/train/"))) == 1

@@ -34,7 +34,8 @@ from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.run import init_ray, main
 from jepa_sweeps.spec import load_spec
-from jepa_sweeps.sweep import Locations, Search
+from jepa_sweeps.storage import Locations
+from jepa_sweeps.sweep import Search
 from jepa_sweeps.train import LocalHooks, train
 from jepa_sweeps.trial import delete_untracked_checkpoints
 from tests.distributed_utils import run_distributed
@@ -96,7 +97,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     token authentication on as users have it. (Ray cannot switch authentication modes within one
     process: after a token-auth Ray, a ``RAY_AUTH_MODE=disabled`` one starts every trial actor dead.)"""
     folder = tmp_path_factory.mktemp("ray_home")
-    init_ray(Locations(str(folder), f"sqlite:///{folder / 'unused.db'}", "unused"))
+    init_ray(Locations(str(folder), f"sqlite:///{folder / 'unused.db'}", "unused", "unused"))
     yield
     ray.shutdown()
 
@@ -160,7 +161,7 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
         "failures": {"max_failures": 0},  # a missing folder stays missing: no worker-group restarts
         "mlflow": {"tracking_uri": mlflow_server.uri},
     })
-    train_dir = home / "ray_results" / "faults.train"
+    train_dir = home / "ray_results" / "faults" / "train"
     events: dict[str, float] = {}
 
     def disturb(stop: threading.Event) -> None:
@@ -270,7 +271,7 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
         "scheduler": {"name": "fifo"},
         "failures": {"max_failures": 2, "checkpoints_to_keep": 2},
     })
-    train_dir = home / "ray_results" / "killed_worker.train"
+    train_dir = home / "ray_results" / "killed_worker" / "train"
     seen: dict[str, Any] = {}
 
     def reported_epochs() -> list[int]:
@@ -308,7 +309,7 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
     # resumed from epoch 1's checkpoint: epoch 1 was not trained (and reported) twice
     assert [m.step for m in client.get_metric_history(run.info.run_id, "knn_acc")] == [1, 2, 3]
 
-    cfg = load_spec(spec).trial_config({"objective.lam": 0.05})
+    cfg = load_spec(spec).trial_for({"objective.lam": 0.05})
     reference = run_distributed(_reference_run, cfg.model_dump(mode="json"))[0]
     compared = ["loss", "inv_loss", "reg_loss", "knn_acc", "linear_acc", "rankme", "val_inv_loss", "val_reg_loss",
                 "z_std", "final_linear_acc"]

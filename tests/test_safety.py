@@ -33,12 +33,11 @@ from mlflow.tracking import MlflowClient
 from jepa_sweeps import cluster
 from jepa_sweeps.config import ConfigError, TrialConfig
 from jepa_sweeps.data.datasets import DataError, load_dataset
-from jepa_sweeps.report import safe_name
 from jepa_sweeps.spec import parse_spec
-from jepa_sweeps.sweep import experiment_path, locate, ui_hint
+from jepa_sweeps.storage import locate, safe_name
+from jepa_sweeps.sweep import ui_hint
 from jepa_sweeps.tracking import run_name
 from jepa_sweeps.train import STATE_FILE, LocalHooks, load_checkpoint
-from jepa_sweeps.trial import train_storage
 from tests.fake_datasets import write_cifar10
 from tests.mlflow_server import MlflowServer
 
@@ -236,8 +235,9 @@ def test_every_path_built_from_accepted_names_stays_in_its_folder(name: str, exp
         return
     loc = locate(spec)
     root = Path("/srv/storage")
-    for built in (experiment_path(spec, loc), train_storage(spec, loc.storage)):
-        assert Path(os.path.normpath(built)).parent == root, built
+    assert Path(os.path.normpath(loc.folder)).parent == root, loc.folder
+    for built in (loc.tune_path, loc.train_path, loc.state_path):
+        assert Path(os.path.normpath(built)).parent == Path(os.path.normpath(loc.folder)), built
     artifacts = Path(os.path.normpath("/" + loc.artifact_root.removeprefix("file://").lstrip("/")))
     assert artifacts.parent == Path("/srv/store/mlartifacts"), artifacts
     assert "/" not in safe_name(loc.experiment) and safe_name(loc.experiment) not in (".", "..")

@@ -38,12 +38,12 @@ def test_search_spaces_validate(path: Path, tmp_path: Path) -> None:
     # a cluster spec names its dataset folder there; here it is checked with a stand-in folder
     moved = ["trial.data.path=" + str(tmp_path)] if data.get("path") and not Path(data["path"]).is_dir() else []
     loaded = load_spec(path, moved)
-    loaded.trial_config({})
+    loaded.trial_for({})
     space = SearchSpace(loaded)
     for point in loaded.points:
         params = ask(space, point)
         assert params == {**params, **point}
-        loaded.trial_config(params)
+        loaded.trial_for(params)
 
 
 def test_set_shortcut_reaches_the_trial(tmp_path: Path) -> None:
@@ -51,10 +51,10 @@ def test_set_shortcut_reaches_the_trial(tmp_path: Path) -> None:
     path.write_text("name: s\ntrial: {epochs: 5}\n")
     assert apply_overrides({"name": "s"}, ["epochs=3"]) == {"name": "s", "trial": {"epochs": 3}}
     loaded = load_spec(path, ["epochs=3", "resources.workers=1", "optim.batch_size=64", "search.seed={int: [0, 3]}"])
-    cfg = loaded.trial_config({})
+    cfg = loaded.trial_for({})
     assert (cfg.epochs, cfg.workers, cfg.optim.batch_size) == (3, 1, 64)
     assert loaded.resources.workers == 1 and loaded.searched["seed"].kind == "int"
-    assert load_spec(path, ["trial.epochs=4"]).trial_config({}).epochs == 4
+    assert load_spec(path, ["trial.epochs=4"]).trial_for({}).epochs == 4
 
 
 def test_name_alone_is_a_valid_spec_that_fits_two_cpus() -> None:
@@ -62,7 +62,7 @@ def test_name_alone_is_a_valid_spec_that_fits_two_cpus() -> None:
     r = only.resources
     assert r.max_concurrent_trials * (r.workers * r.cpus_per_worker + r.driver_cpus) <= 2
     assert r.gpus_per_worker == 0
-    cfg = only.trial_config({})
+    cfg = only.trial_for({})
     assert cfg.workers == r.workers == 2 and cfg.data.name == "digits" and cfg.objective.name == "sigreg"
     assert (only.metric, only.mode, only.scheduler.name) == ("knn_acc", "max", "asha")
     assert only.n_startup_trials < only.num_samples
@@ -74,20 +74,20 @@ def test_trial_config_drops_lambda_for_ema_and_respects_when() -> None:
         "objective.lam": {"loguniform": [0.01, 0.5], "when": ["sigreg", "vicreg"]},
         "objective.cov_weight": {"uniform": [0.01, 1.0], "when": "vicreg"},
     })
-    ema = s.trial_config({"objective.name": "ema", "objective.lam": 0.1})
+    ema = s.trial_for({"objective.name": "ema", "objective.lam": 0.1})
     assert ema.objective.name == "ema" and "lam" not in ema.objective_params
-    assert s.trial_config({"objective.name": "sigreg", "objective.lam": 0.1}).objective_params["lam"] == 0.1
+    assert s.trial_for({"objective.name": "sigreg", "objective.lam": 0.1}).objective_params["lam"] == 0.1
     space = SearchSpace(s)
     assert ask(space, {"objective.name": "ema"}) == {"objective.name": "ema"}
     assert set(ask(space, {"objective.name": "sigreg", "objective.lam": 0.2})) == {"objective.name", "objective.lam"}
     vicreg = ask(space, {"objective.name": "vicreg", "objective.lam": 0.2, "objective.cov_weight": 0.3})
     assert vicreg == {"objective.name": "vicreg", "objective.lam": 0.2, "objective.cov_weight": 0.3}
-    assert s.trial_config(vicreg).objective_params == {"lam": 0.2, "cov_weight": 0.3}
+    assert s.trial_for(vicreg).objective_params == {"lam": 0.2, "cov_weight": 0.3}
 
 
 def test_fixed_search_values_and_base_objective() -> None:
     s = spec(trial={"objective": {"name": "ema"}}, search={"epochs": 4, "optim.lr": {"loguniform": [1e-4, 1e-2]}})
-    cfg = s.trial_config({"optim.lr": 1e-3})
+    cfg = s.trial_for({"optim.lr": 1e-3})
     assert (cfg.epochs, cfg.optim.lr, cfg.objective.name) == (4, 1e-3, "ema")
     assert list(s.searched) == ["optim.lr"]
 
@@ -125,7 +125,7 @@ def test_points_on_a_union_come_back_from_optuna(lam: float) -> None:
     params = space.optuna_params({"objective.lam": lam})
     assert params["objective.lam|branch"] == (0 if lam == 0 else "loguniform[0.001, 0.5]")
     assert ask(space, {"objective.lam": lam}) == {"objective.lam": lam}
-    assert s.trial_config({"objective.lam": lam}).objective_params["lam"] == lam
+    assert s.trial_for({"objective.lam": lam}).objective_params["lam"] == lam
 
 
 def test_union_is_sampled_within_its_branches() -> None:
