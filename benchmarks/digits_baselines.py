@@ -13,10 +13,8 @@ import time
 import torch
 
 from jepa_sweeps.config import trial_config
-from jepa_sweeps.data.datasets import load_dataset
-from jepa_sweeps.data.views import resize_normalise
-from jepa_sweeps.evaluation.probes import embed, knn_accuracy, rankme
-from jepa_sweeps.train import LocalHooks, build_model, train
+from jepa_sweeps.evaluation.baselines import compute_baselines
+from jepa_sweeps.train import LocalHooks, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,19 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     base = {"epochs": args.epochs, "optim": {"batch_size": 64, "lr": 2e-3}, "eval": {"every": 5}}
-    data = load_dataset("digits")
-
-    def prepare(x: torch.Tensor) -> torch.Tensor:
-        return resize_normalise(x, data.image_size, data.mean, data.std)
-
-    rows = []
-    pixels_train, pixels_test = prepare(data.train_images).flatten(1), prepare(data.test_images).flatten(1)
-    rows.append(("raw pixels", knn_accuracy(pixels_train, data.train_labels, pixels_test, data.test_labels),
-                 float("nan"), rankme(pixels_test), 0.0))
-    model = build_model(trial_config(base), data)
-    train_f, test_f = embed(model.backbone, data.train_images, prepare), embed(model.backbone, data.test_images, prepare)
-    rows.append(("random-init CNN", knn_accuracy(train_f, data.train_labels, test_f, data.test_labels),
-                 float("nan"), rankme(test_f), 0.0))
+    rows = [(name, found["knn_acc"], float("nan"), found["rankme"], 0.0)
+            for name, found in compute_baselines(trial_config(base)).items()]
     for lam in args.lams:
         cfg = trial_config({**base, "objective": {"name": "sigreg", "lam": lam}})
         started = time.perf_counter()

@@ -19,7 +19,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +32,14 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from jepa_sweeps.run import init_ray, main
+from jepa_sweeps.run import main
 from jepa_sweeps.spec import load_spec
-from jepa_sweeps.storage import Locations
 from jepa_sweeps.sweep import Search
 from jepa_sweeps.train import LocalHooks, train
 from jepa_sweeps.trial import delete_untracked_checkpoints
 from tests.distributed_utils import run_distributed
 from tests.fake_datasets import write_imagefolder
-from tests.mlflow_server import MlflowServer
+from tests.conftest import MlflowServer
 
 BASE_TRIAL = {
     "optim": {"batch_size": 64, "lr": 2.0e-3},
@@ -82,34 +81,6 @@ class Beside:
             raise self.errors[0]
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """Started first: it boots (~30 s here) while Ray starts."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One local Ray for the module, started as the runner starts it (``main`` then reuses it), with
-    token authentication on as users have it. (Ray cannot switch authentication modes within one
-    process: after a token-auth Ray, a ``RAY_AUTH_MODE=disabled`` one starts every trial actor dead.)"""
-    folder = tmp_path_factory.mktemp("ray_home")
-    init_ray(Locations(str(folder), f"sqlite:///{folder / 'unused.db'}", "unused", "unused"))
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "home"
-
-
 def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
     path = folder / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -131,6 +102,8 @@ def child_runs(client: MlflowClient, experiment: str) -> list[Any]:
 
 # --- faults 3, 4, 5: tracking server restarted, a diverged trial, a failing trial --------------------
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_failing_and_diverging_trials_during_a_tracking_outage(
     mlflow_server: MlflowServer, local_ray: None, home: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
@@ -251,6 +224,8 @@ def _reference_run(rank: int, world: int, cfg: dict[str, Any]) -> dict[str, Any]
     return train(TrialConfig.model_validate(cfg), LocalHooks())
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
     local_ray: None, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

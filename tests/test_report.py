@@ -15,17 +15,11 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.config import trial_config
-from jepa_sweeps.report import (
-    export_csv,
-    importances,
-    load_sweep,
-    main,
-    mean_interval,
-    publish_report,
-    resolve,
-    safe_name,
-    write_report,
-)
+from jepa_sweeps.report import load_sweep, publish_report, resolve, write_report
+from jepa_sweeps.report.cli import main
+from jepa_sweeps.report.export import export_csv
+from jepa_sweeps.report.stats import importances, mean_interval
+from jepa_sweeps.storage import safe_name
 
 LAMS = (0.0, 0.05, 0.5)
 EPOCHS = 4

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray  # noqa: F401 - puts the psutil that Ray ships on the path
-import psutil
 import torch
 import yaml
 from hypothesis import assume, given, settings
@@ -39,7 +37,7 @@ from jepa_sweeps.sweep import ui_hint
 from jepa_sweeps.tracking import run_name
 from jepa_sweeps.train import STATE_FILE, LocalHooks, load_checkpoint
 from tests.fake_datasets import write_cifar10
-from tests.mlflow_server import MlflowServer
+from tests.conftest import MlflowServer, kill_matching
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jepa_sweeps"
@@ -61,12 +59,7 @@ def calls(attribute: str, module: str) -> Iterator[tuple[Path, ast.Call]]:
 
 def _clean_up_ray(temp_dir: str) -> None:
     """Stop what a Ray given ``RAY_TMPDIR=temp_dir`` (unique to this test) left running, and remove it."""
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.pid != os.getpid() and temp_dir in " ".join(proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
+    kill_matching(temp_dir)
     shutil.rmtree(temp_dir, ignore_errors=True)
 
 
@@ -107,9 +100,9 @@ import json, os, urllib.error, urllib.request
 from pathlib import Path
 import ray
 from jepa_sweeps.run import init_ray
-from jepa_sweeps.sweep import Locations
+from jepa_sweeps.storage import Locations
 
-init_ray(Locations("/tmp/unused", "sqlite:////tmp/unused.db", "unused"))
+init_ray(Locations("/tmp/unused", "sqlite:////tmp/unused.db", "unused", "unused"))
 url = ray._private.worker.get_dashboard_url()
 
 def status(headers):
@@ -127,6 +120,8 @@ ray.shutdown()
 """
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_local_ray_dashboard_is_local_and_refuses_clients_without_the_token(tmp_path: Path) -> None:
     """The runner's own ``init_ray`` with the environment a user has (no ``RAY_AUTH_MODE``; a fresh
     home, so the token Ray generates lands in tmp): the dashboard listens on 127.0.0.1 and its job
@@ -261,6 +256,8 @@ def test_run_names_are_plain_file_names(objective: str, lam: float, n_global: in
 SECRET, PASSWORD = "SECRET123xyz", "PASSWORD456xyz"
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path: Path) -> None:
     """A one-trial sweep through the CLI with a secret in the environment and a password in the
     tracking URI: no param, tag, metric name or artifact of any run, and no line it prints, holds

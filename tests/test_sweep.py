@@ -7,72 +7,22 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import ray  # noqa: F401
-import psutil  # noqa: E402  (Ray ships psutil; importing ray first puts it on the path)
 import pytest
 from mlflow.tracking import MlflowClient
 
+from jepa_sweeps import names
+from tests.conftest import BIN, MlflowServer, clean_env, free_port, kill_matching
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SMOKE = str(ROOT / "search_spaces" / "smoke.yaml")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `python` of jobs = this interpreter
-    env.update(extra)
-    return env
-
-
-def _kill_matching(marker: str) -> None:
-    """Kill every process whose command line mentions ``marker`` (our own Ray only)."""
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if proc.pid != me and marker in " ".join(proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            import urllib.request
-
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not come up")
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +30,8 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     """A real head node with token authentication on; yields (dashboard address, client env)."""
     temp = f"/tmp/rh{os.getpid()}"
     token = secrets.token_hex(16)
-    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, JEPA_SWEEPS_HOME=str(tmp_path_factory.mktemp("home")))
-    gcs, dashboard = _free_port(), _free_port()
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, JEPA_SWEEPS_HOME=str(tmp_path_factory.mktemp("home")))
+    gcs, dashboard = free_port(), free_port()
     subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp}",
@@ -89,45 +39,47 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         env=env, check=True, capture_output=True, cwd=tmp_path_factory.mktemp("head"), timeout=180,
     )
     yield f"http://127.0.0.1:{dashboard}", env
-    _kill_matching(temp)
+    kill_matching(temp)
 
 
-def test_ray_job_submit_against_mlflow_server(ray_head, mlflow_server, tmp_path: Path) -> None:
+def test_ray_job_submit_against_mlflow_server(ray_head, mlflow_server: MlflowServer, tmp_path: Path) -> None:
     address, env = ray_head
+    mlflow_server.wait_healthy()
+    uri = mlflow_server.uri
     storage = tmp_path / "storage"
     submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", "smoke-test", "--",
               "python", "-m", "jepa_sweeps.run", SMOKE,
-              "--set", f"mlflow.tracking_uri={mlflow_server}", "--set", f"storage={storage}"]
-    unauthorised = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=120)
+              "--set", f"mlflow.tracking_uri={uri}", "--set", f"storage={storage}"]
+    unauthorised = subprocess.run(submit, env=clean_env(), capture_output=True, text=True, timeout=120)
     assert unauthorised.returncode != 0, "token authentication must be on"
     done = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=900)
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, "smoke-test"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert "succeeded" in (status.stdout + status.stderr).lower(), done.stdout[-3000:] + done.stderr[-3000:]
-    assert "runs table:  " + mlflow_server in done.stdout
+    assert "runs table:  " + uri in done.stdout
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("smoke")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("jepa.role") == "sweep"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get(names.ROLE_TAG) == names.SWEEP_ROLE]
+    children = [r for r in runs if names.PARENT_TAG in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.data.tags[names.PARENT_TAG] for c in children} == {parents[0].info.run_id}
     assert parents[0].info.status == "FINISHED"
-    assert "spec.yaml" in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
-    best = parents[0].data.tags["jepa.best_run_id"]
+    assert names.SPEC_ARTIFACT in [a.path for a in client.list_artifacts(parents[0].info.run_id)]
+    best = parents[0].data.tags[names.BEST_RUN_TAG]
     for child in children:
         params = child.data.params
         assert params["regulariser"] == "sigreg" and params["world_size"] == "2"
         assert {"lambda", "n_global_views", "n_local_views", "batch_size", "seed"} <= set(params)
-        assert child.data.tags["jepa.status"] == "finished" and child.info.status == "FINISHED"
+        assert child.data.tags[names.STATUS_TAG] == names.FINISHED and child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "knn_acc")
         assert [m.step for m in history] == [1, 2]
         assert child.data.metrics["world_size"] == 2
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert "trial_config.json" in artifacts
+        assert names.CONFIG_ARTIFACT in artifacts
         if child.info.run_id == best:
-            assert [a.path for a in client.list_artifacts(best, "best_encoder")] == ["best_encoder/encoder.pt"]
+            assert [a.path for a in client.list_artifacts(best, names.BEST_ENCODER)] == [f"{names.BEST_ENCODER}/encoder.pt"]
     assert any(c.info.run_name == "sigreg-lam0.05-g2l2-b64-s0" for c in children)
 
 
@@ -136,7 +88,7 @@ def _child_runs(uri: str) -> list:
     experiment = client.get_experiment_by_name("smoke")
     if experiment is None:
         return []
-    return [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    return [r for r in client.search_runs([experiment.experiment_id]) if names.PARENT_TAG in r.data.tags]
 
 
 def _progress(database: Path) -> tuple[int, int]:
@@ -147,9 +99,9 @@ def _progress(database: Path) -> tuple[int, int]:
     """
     if not database.exists():
         return 0, 0
-    query = """
+    query = f"""
         SELECT r.status, EXISTS (SELECT 1 FROM metrics m WHERE m.run_uuid = r.run_uuid AND m.key = 'knn_acc')
-        FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'mlflow.parentRunId'
+        FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = '{names.PARENT_TAG}'
     """
     try:
         with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as db:
@@ -162,7 +114,7 @@ def _progress(database: Path) -> tuple[int, int]:
 def test_killed_sweep_driver_resumes_without_duplicates(tmp_path: Path) -> None:
     home = tmp_path / "home"
     ray_tmp = f"/tmp/rk{os.getpid()}"
-    env = _env(JEPA_SWEEPS_HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    env = clean_env(JEPA_SWEEPS_HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
     uri = f"sqlite:///{home / 'mlflow.db'}"
     command = [sys.executable, "-m", "jepa_sweeps.run", SMOKE, "--set", "num_samples=3", "--set", "epochs=3"]
     first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -180,18 +132,18 @@ def test_killed_sweep_driver_resumes_without_duplicates(tmp_path: Path) -> None:
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
-        _kill_matching(ray_tmp)
+        kill_matching(ray_tmp)
 
     second = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    _kill_matching(ray_tmp)
+    kill_matching(ray_tmp)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming" in second.stdout
     runs = _child_runs(uri)
-    trial_ids = [r.data.tags["jepa.trial_id"] for r in runs]
+    trial_ids = [r.data.tags[names.TRIAL_TAG] for r in runs]
     assert len(runs) == 3 and len(set(trial_ids)) == 3, trial_ids
-    assert all(r.info.status == "FINISHED" and r.data.tags["jepa.status"] == "finished" for r in runs)
+    assert all(r.info.status == "FINISHED" and r.data.tags[names.STATUS_TAG] == names.FINISHED for r in runs)
     for run in runs:
         history = MlflowClient(uri).get_metric_history(run.info.run_id, "knn_acc")
         assert max(m.step for m in history) == 3
-    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    parents = {r.data.tags[names.PARENT_TAG] for r in runs}
     assert len(parents) == 1

@@ -50,9 +50,9 @@ def png_bytes(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _figure(**kwargs: Any) -> Any:
-    # Imported here: only rank 0 draws, and only at plotting evals. The Figure API needs no
-    # pyplot and no global backend (PNG output uses Agg).
+def figure(**kwargs: Any) -> Any:
+    """A matplotlib ``Figure`` without pyplot and without a global backend (PNG output uses Agg).
+    Imported here: only rank 0 draws, and only at plotting evals."""
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)
@@ -88,7 +88,7 @@ def mosaic_png(
             canvas[y : y + cell, x : x + cell] = big.permute(1, 2, 0)
     scale = 0.012  # inches per canvas pixel
     width, height = canvas.shape[1] * scale + 0.9, canvas.shape[0] * scale + 0.7
-    fig = _figure(figsize=(width, height))
+    fig = figure(figsize=(width, height))
     ax = fig.add_axes((0.8 / width, 0.05 / height, canvas.shape[1] * scale / width, canvas.shape[0] * scale / height))
     ax.imshow(canvas.numpy(), interpolation="nearest")
     ax.set_axis_off()
@@ -101,7 +101,7 @@ def mosaic_png(
 
 
 def spectrum_png(eigenvalues: torch.Tensor, title: str) -> bytes:
-    fig = _figure(figsize=(5, 3.5), layout="constrained")
+    fig = figure(figsize=(5, 3.5), layout="constrained")
     ax = fig.subplots()
     values = eigenvalues.cpu().numpy()
     ax.semilogy(range(1, len(values) + 1), values.clip(min=1e-12), marker=".", markersize=3)
