@@ -188,7 +188,8 @@ def ray_run(spec: SweepSpec, counter: RequestCounter) -> tuple[Run, dict[str, fl
     """One trial through the runner's own machinery, in the Ray this process runs."""
     from mlflow.tracking import MlflowClient
 
-    from jepa_sweeps.sweep import build_tuner, locate
+    from jepa_sweeps.storage import locate
+    from jepa_sweeps.sweep import build_tuner
 
     loc = locate(spec)
     client = MlflowClient(loc.tracking_uri)
@@ -230,7 +231,7 @@ def overhead_rows(epochs: int, workdir: Path, rounds: int = 1, baseline_after: b
     import ray
 
     from jepa_sweeps.run import init_ray
-    from jepa_sweeps.sweep import locate
+    from jepa_sweeps.storage import locate
 
     with mlflow_server(workdir) as (uri, log), StealMeter() as steal:
         # A storage folder per trial: under one folder, each trial would resume the finished first.

@@ -27,7 +27,8 @@ def sweep_spec(scheduler: str, samples: int, epochs: int, grace: int, reduction:
 
 def run_sweep(spec: SweepSpec) -> list[dict[str, Any]]:
     """Each trial's last result (Tune's) and its λ, through ``start_sweep`` as ``jepa_sweeps.run`` does."""
-    from jepa_sweeps.sweep import locate, start_sweep
+    from jepa_sweeps.storage import locate
+    from jepa_sweeps.sweep import start_sweep
     from jepa_sweeps.trial import config_for
 
     session = start_sweep(spec, locate(spec), None, fresh=True)
@@ -39,7 +40,7 @@ def sweep_row(samples: int, epochs: int, grace: int, reduction: float, workdir: 
     import ray
 
     from jepa_sweeps.run import init_ray
-    from jepa_sweeps.sweep import locate
+    from jepa_sweeps.storage import locate
 
     specs = {name: sweep_spec(name, samples, epochs, grace, reduction, workdir) for name in ("asha", "fifo")}
     init_ray(locate(specs["asha"]))

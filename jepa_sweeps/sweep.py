@@ -154,7 +154,7 @@ def _run_exists(client: Any, run_id: str) -> bool:
 
 def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any) -> str:
     """Summary table, best encoder as an artifact, parent run closed; returns what to print."""
-    from jepa_sweeps.report import publish_report
+    from jepa_sweeps.report.build import publish_report
     from jepa_sweeps.tracking import run_name, runs_link, trial_status
     from jepa_sweeps.trial import config_for
 

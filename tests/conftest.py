@@ -9,6 +9,7 @@ fast loop; plain ``python -m pytest`` runs everything.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -18,11 +19,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -51,6 +54,16 @@ def kill_matching(marker: str) -> None:
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
+
+
+def load_rehearsal() -> Any:
+    """``cluster/rehearsal.py``, a script beside the deployment files (not a module of the package)."""
+    if "rehearsal" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("rehearsal", ROOT / "cluster" / "rehearsal.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["rehearsal"] = module  # before running it: its dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["rehearsal"]
 
 
 class MlflowServer:

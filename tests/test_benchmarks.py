@@ -52,6 +52,8 @@ def test_cli_runs_the_in_process_rows_and_merges_results(tmp_path: Path, monkeyp
     assert "SIGReg overhead" in printed and "≥ 2×" in printed
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One 2-epoch Ray trial and one plain torch.distributed run: rows 1, 1b and 6."""
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))

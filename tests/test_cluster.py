@@ -1,5 +1,6 @@
 """cluster/: the deployment files agree with the project and pass Ray's own checks; the one-machine
-rehearsal (``python -m jepa_sweeps.cluster``) runs real sweeps across Ray nodes.
+rehearsal (``python cluster/rehearsal.py``) runs real sweeps across Ray nodes, and its state file is
+handled with care.
 
 The first part is fast and needs no network. Tests marked ``cluster`` start a rehearsal (Ray head +
 one worker node + moto S3 + MLflow server) and submit sweeps with ``ray job submit``; they take
@@ -26,9 +27,12 @@ from typing import Any
 import pytest
 import yaml
 
-from jepa_sweeps import cluster
+from jepa_sweeps import names
 from jepa_sweeps.run import parse_args
 from jepa_sweeps.spec import load_spec
+from tests.conftest import load_rehearsal
+
+cluster = load_rehearsal()
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
@@ -267,6 +271,67 @@ def test_stop_ends_exactly_the_marked_sessions(tmp_path):
         bystander.wait()
 
 
+# -- the rehearsal's state file (fast) ------------------------------------------------------------
+REHEARSAL = ROOT / "cluster" / "rehearsal.py"
+
+
+def fake_state(directory: Path, **changes: Any) -> dict[str, Any]:
+    """The state ``up`` writes for ``directory`` (nothing running), with ``changes``."""
+    directory = directory.resolve()
+    r = cluster.Rehearsal(str(directory), uuid.uuid4().hex[:8], str(directory / "ray"),
+                          str(directory / cluster.TOKEN_FILE), 1, 2, 3, 4, 1, ["s3", "mlflow", "head", "worker1"])
+    state = {**r.__dict__, **changes}
+    (directory / cluster.TOKEN_FILE).write_text("token")
+    (directory / cluster.STATE_FILE).write_text(json.dumps(state))
+    return state
+
+
+def rehearsal_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REHEARSAL), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_down_deletes_only_what_up_wrote(tmp_path: Path) -> None:
+    fake_state(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "head.log").write_text("kept")
+    done = rehearsal_cli("down", "--dir", str(tmp_path))
+    assert done.returncode == 0 and "stopped the rehearsal" in done.stdout, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs"]
+    assert rehearsal_cli("down", "--dir", str(tmp_path)).returncode == 0  # nothing there: fine
+
+
+@pytest.mark.parametrize("text", ["{", "[]", "null", '{"id": 1}', "\xff\xfe", ""])
+def test_a_malformed_state_file_is_one_line_and_exit_2(tmp_path: Path, text: str) -> None:
+    (tmp_path / cluster.STATE_FILE).write_bytes(text.encode("latin-1"))
+    for command in ("down", "status", "up"):
+        done = rehearsal_cli(command, "--dir", str(tmp_path))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
+    assert (tmp_path / cluster.STATE_FILE).read_bytes() == text.encode("latin-1")
+
+
+@pytest.mark.parametrize("key", ["token_file", "dir", "ray_temp"])
+def test_down_refuses_paths_up_did_not_make(tmp_path: Path, key: str) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    folder = tmp_path / "rehearsal"
+    folder.mkdir()
+    fake_state(folder, **{key: str(victim)})
+    done = rehearsal_cli("down", "--dir", str(folder))
+    assert done.returncode == 2 and key in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert victim.read_text() == "precious"
+    assert (folder / cluster.STATE_FILE).is_file() and (folder / cluster.TOKEN_FILE).is_file()
+
+
+@pytest.mark.parametrize("changes", [{"id": "../../x"}, {"components": ["head; rm -rf /"]}, {"gcs_port": True},
+                                     {"extra": 1}])
+def test_down_refuses_other_hand_edits(tmp_path: Path, changes: dict[str, Any]) -> None:
+    fake_state(tmp_path, **changes)
+    done = rehearsal_cli("down", "--dir", str(tmp_path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert (tmp_path / cluster.STATE_FILE).is_file()
+
+
 # -- the rehearsal: a multi-node cluster on this machine ------------------------------------------
 RAY_CLI = Path(sys.executable).parent / "ray"
 HEAD_CPUS, WORKER_CPUS = 2, 1
@@ -357,7 +422,9 @@ def train_workers(r: cluster.Rehearsal, job_id: str) -> list[dict[str, Any]]:
 def s3_keys(r: cluster.Rehearsal, prefix: str) -> list[str]:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=r.s3_endpoint, **cluster._boto_credentials())
+    client = boto3.client("s3", endpoint_url=r.s3_endpoint, aws_access_key_id=cluster.AWS_ENV["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=cluster.AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+                          region_name=cluster.AWS_ENV["AWS_DEFAULT_REGION"])
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=cluster.BUCKET, Prefix=prefix)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
@@ -367,12 +434,14 @@ def checkpoints(keys: list[str]) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for key in keys:
         parts = key.split("/")
-        if len(parts) >= 5 and parts[3].startswith("checkpoint_") and parts[4] == "encoder.pt":
-            if f"{'/'.join(parts[:4])}/state.pt" in keys:
-                found.setdefault(parts[2], set()).add(parts[3])
+        if len(parts) >= 3 and parts[-2].startswith("checkpoint_") and parts[-1] == "encoder.pt":
+            if f"{'/'.join(parts[:-1])}/state.pt" in keys:
+                found.setdefault(parts[-3], set()).add(parts[-2])
     return found
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.cluster
 def test_sweep_runs_across_nodes_with_s3_checkpoints_and_mlflow_server(rehearsal):
     r = rehearsal
@@ -407,24 +476,26 @@ def test_sweep_runs_across_nodes_with_s3_checkpoints_and_mlflow_server(rehearsal
     client = MlflowClient(r.tracking_uri)
     experiment = client.get_experiment_by_name(spec.mlflow.experiment or spec.name)
     found = client.search_runs([experiment.experiment_id])
-    (parent,) = [x for x in found if x.data.tags.get("jepa.role") == "sweep"]
+    (parent,) = [x for x in found if x.data.tags.get(names.ROLE_TAG) == names.SWEEP_ROLE]
     children = [x for x in found if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(children) == trials
     epochs = spec.trial_for({}).epochs
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.tags["jepa.trial_id"] in {k.removeprefix("train-") for k in runs}
+        assert child.data.tags[names.TRIAL_TAG] in {k.removeprefix("train-") for k in runs}
         history = client.get_metric_history(child.info.run_id, "knn_acc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
-        local = download_artifacts(run_id=child.info.run_id, artifact_path="trial_config.json",
+        local = download_artifacts(run_id=child.info.run_id, artifact_path=names.CONFIG_ARTIFACT,
                                    tracking_uri=r.tracking_uri)
         assert json.loads(Path(local).read_text())["epochs"] == epochs
-    best = client.get_run(parent.data.tags["jepa.best_run_id"])
+    best = client.get_run(parent.data.tags[names.BEST_RUN_TAG])
     assert [a.path for a in client.list_artifacts(best.info.run_id, "best_encoder")] == ["best_encoder/encoder.pt"]
     stored = s3_keys(r, f"mlflow/{experiment.experiment_id}/")
     assert any(k.endswith(f"{best.info.run_id}/artifacts/best_encoder/encoder.pt") for k in stored), stored
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.cluster
 def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
     """Runs last (file order): it takes the rehearsal's worker node down for good."""
@@ -474,8 +545,8 @@ def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
 
     client = MlflowClient(r.tracking_uri)
     experiment = client.get_experiment_by_name(name)
-    (child,) = [x for x in client.search_runs([experiment.experiment_id]) if "jepa.trial_id" in x.data.tags]
-    assert child.info.status == "FINISHED" and child.data.tags["jepa.status"] == "finished"
+    (child,) = [x for x in client.search_runs([experiment.experiment_id]) if names.TRIAL_TAG in x.data.tags]
+    assert child.info.status == "FINISHED" and child.data.tags[names.STATUS_TAG] == names.FINISHED
     steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "knn_acc"))
     assert steps == list(range(1, epochs + 1)), steps
     assert len(checkpoints(s3_keys(r, f"sweeps/{name}/train/"))) == 1

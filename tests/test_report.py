@@ -15,9 +15,10 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.config import trial_config
-from jepa_sweeps.report import load_sweep, publish_report, resolve, write_report
+from jepa_sweeps.report.build import publish_report, write_report
 from jepa_sweeps.report.cli import main
 from jepa_sweeps.report.export import export_csv
+from jepa_sweeps.report.runs import load_sweep, resolve
 from jepa_sweeps.report.stats import importances, mean_interval
 from jepa_sweeps.storage import safe_name
 

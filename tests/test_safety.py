@@ -28,7 +28,6 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from jepa_sweeps import cluster
 from jepa_sweeps.config import ConfigError, TrialConfig
 from jepa_sweeps.data.datasets import DataError, load_dataset
 from jepa_sweeps.spec import parse_spec
@@ -37,11 +36,11 @@ from jepa_sweeps.sweep import ui_hint
 from jepa_sweeps.tracking import run_name
 from jepa_sweeps.train import STATE_FILE, LocalHooks, load_checkpoint
 from tests.fake_datasets import write_cifar10
-from tests.conftest import MlflowServer, kill_matching
+from tests.conftest import MlflowServer, kill_matching, load_rehearsal
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "jepa_sweeps"
-SOURCES = sorted(PACKAGE.rglob("*.py"))
+SOURCES = sorted(PACKAGE.rglob("*.py")) + [ROOT / "cluster" / "rehearsal.py"]  # the rehearsal starts servers too
 
 
 def parsed(path: Path) -> ast.Module:
@@ -76,7 +75,7 @@ def test_servers_the_product_starts_bind_localhost() -> None:
     for path in SOURCES:
         text = path.read_text()
         assert "0.0.0.0" not in text and "'::'" not in text and '"::"' not in text, path
-    assert cluster.HOST == "127.0.0.1"
+    assert load_rehearsal().HOST == "127.0.0.1"
     assert "--host 127.0.0.1" in ui_hint("sqlite:////tmp/x/mlflow.db")
     readme = (ROOT / "README.md").read_text().splitlines()
     documented = [line for line in readme if "mlflow ui" in line and "--" in line]

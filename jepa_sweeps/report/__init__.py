@@ -13,8 +13,3 @@ so ASHA-stopped trials are not compared against longer-trained ones.
 Modules: ``runs`` (a sweep's runs in MLflow), ``stats``, ``tables``, ``plots``, ``page`` (HTML),
 ``export`` (CSV), ``build`` (the report from all of them), ``cli``.
 """
-
-from jepa_sweeps.report.build import Report, publish_report, write_report
-from jepa_sweeps.report.runs import ReportError, Sweep, Trial, load_sweep, resolve
-
-__all__ = ["Report", "ReportError", "Sweep", "Trial", "load_sweep", "publish_report", "resolve", "write_report"]

@@ -1,4 +1,4 @@
-"""``python -m jepa_sweeps.cluster up|down|status [--dir DIR]``: a multi-node cluster rehearsed on one machine.
+"""``python cluster/rehearsal.py up|down|status [--dir DIR]``: a multi-node cluster rehearsed on one machine.
 
 ``up`` starts what a real deployment has (cluster/README.md), all on 127.0.0.1: a Ray head plus N
 Ray worker nodes (each its own raylet, CPUs and a ``node<i>`` resource; the head carries the
@@ -12,7 +12,18 @@ on, an S3-compatible object store (moto's server mode: offline, in memory) with 
 marker naming this rehearsal and its component, inherited by all descendants (GCS, raylets, Ray
 workers, job drivers), and starts a session that its descendants share; nothing else on the
 machine is touched. Plain ``ray stop`` would stop every Ray of this user, which is why it is not
-used. Linux only (reads ``/proc``).
+used. ``down`` deletes only the files ``up`` wrote in DIR (the token and the state file), and
+refuses a state file whose paths are not the ones ``up`` writes (edited by hand); a malformed
+state file is a one-line error with exit status 2. Linux only (reads ``/proc``).
+
+Not built on ``ray.cluster_utils.Cluster`` or moto's ``ThreadedMotoServer``: both keep what they
+start tied to the Python process that started it (an exit hook, a thread), while ``up`` returns
+and the rehearsal must outlive it; ``Cluster`` also writes the machine-wide "current cluster"
+address that ``ray.init(address="auto")`` of every user here would then find. So the parts run
+as a deployment runs them: ``ray start`` with token authentication, ``python -m moto.server``
+and ``mlflow server``.
+
+A development tool, not part of the installed package: it needs ``moto[server]`` (the test extra).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -34,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 STATE_FILE = "state.json"
+TOKEN_FILE = "auth_token"
 MARKER = "JEPA_SWEEPS_REHEARSAL"
 HOST = "127.0.0.1"
 BUCKET = "jepa-rehearsal"
@@ -48,10 +61,15 @@ OBJECT_STORE_BYTES = 512 * 1024**2  # per node; Ray's default (30% of RAM) is fa
 # Unix socket paths (Ray's temp dir + ~70 characters) must stay below 108 characters.
 MAX_RAY_TEMP_LEN = 36
 START_TIMEOUT_S = 120.0
+EXIT_USAGE = 2  # as the product's CLIs: bad input (here a state file), nothing done
+
+
+class StateError(Exception):
+    """A state file ``up`` did not write as it is; ``str`` is one line."""
 
 
 def default_dir() -> Path:
-    """``$JEPA_SWEEPS_HOME/rehearsal`` (the same home as ``jepa_sweeps.sweep.home``, without importing Tune)."""
+    """``$JEPA_SWEEPS_HOME/rehearsal`` (the home of ``jepa_sweeps.storage.home``, without importing the package)."""
     return Path(os.environ.get("JEPA_SWEEPS_HOME", "~/.jepa_sweeps")).expanduser().resolve() / "rehearsal"
 
 
@@ -118,8 +136,49 @@ class Rehearsal:
 
     @classmethod
     def load(cls, directory: Path) -> Rehearsal | None:
+        """The rehearsal recorded in ``directory``, None if there is none; ``StateError`` for a state
+        file that is not JSON, lacks or adds fields, or names paths ``up`` does not write there."""
+        directory = directory.resolve()
         path = directory / STATE_FILE
-        return cls(**json.loads(path.read_text())) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise StateError(f"{path}: not a state file `up` wrote ({str(err).splitlines()[0][:120]})") from None
+        return cls.checked(data, directory, path)
+
+    @classmethod
+    def checked(cls, data: object, directory: Path, path: Path) -> Rehearsal:
+        def refuse(problem: str) -> StateError:
+            return StateError(f"{path}: {problem}; not touching anything (fix or delete the file)")
+
+        if not isinstance(data, dict):
+            raise refuse(f"expected a JSON object, got {type(data).__name__}")
+        fields = {f.name: f.type for f in cls.__dataclass_fields__.values()}
+        if set(data) != set(fields):
+            missing, unknown = sorted(set(fields) - set(data)), sorted(set(data) - set(fields))
+            raise refuse(f"missing {missing}, unknown {unknown}"[:200])
+        for key, kind in fields.items():
+            value = data[key]
+            ok = {"str": isinstance(value, str), "int": type(value) is int and 0 <= value < 65536,
+                  "list[str]": isinstance(value, list) and all(isinstance(c, str) for c in value)}[kind]
+            if not ok:
+                raise refuse(f"{key}={value!r:.60}: expected {kind}")
+        if not re.fullmatch(r"[0-9a-f]{8}", data["id"]):
+            raise refuse(f"id={data['id']!r:.60}: not an id `up` makes")
+        if not all(re.fullmatch(r"s3|mlflow|head|worker\d{1,3}", c) for c in data["components"]):
+            raise refuse(f"components={data['components']!r:.80}: unknown component")
+        # Only what ``up`` itself creates for this folder: ``down`` deletes the token file.
+        expected = {
+            "dir": {str(directory)},
+            "token_file": {str(directory / TOKEN_FILE)},
+            "ray_temp": {str(directory / "ray"), f"/tmp/jepa-ray-{data['id']}"},
+        }
+        for key, allowed in expected.items():
+            if data[key] not in allowed:
+                raise refuse(f"{key}={data[key]!r:.80} is not a path `up` makes for this folder")
+        return cls(**data)
 
     def marker(self, component: str) -> str:
         return f"{self.id}:{component}"
@@ -285,7 +344,7 @@ def up(directory: Path, workers: int = 1, head_cpus: int = 2, worker_cpus: int =
     rid = secrets.token_hex(4)
     short = directory / "ray"
     ray_temp = short if len(str(short)) <= MAX_RAY_TEMP_LEN else Path("/tmp", f"jepa-ray-{rid}")
-    token_file = directory / "auth_token"
+    token_file = directory / TOKEN_FILE
     token_file.touch(mode=0o600)
     token_file.chmod(0o600)
     token_file.write_text(secrets.token_hex(32))
@@ -326,32 +385,29 @@ def up(directory: Path, workers: int = 1, head_cpus: int = 2, worker_cpus: int =
 
 
 def create_bucket(r: Rehearsal) -> None:
-    import boto3
+    """With pyarrow's S3 filesystem (creating a top-level folder creates the bucket)."""
+    from pyarrow.fs import S3FileSystem
 
-    client = boto3.client("s3", endpoint_url=r.s3_endpoint, **_boto_credentials())
-    client.create_bucket(Bucket=BUCKET)
-
-
-def _boto_credentials() -> dict[str, str]:
-    return {
-        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-        "region_name": AWS_ENV["AWS_DEFAULT_REGION"],
-    }
+    S3FileSystem(
+        access_key=AWS_ENV["AWS_ACCESS_KEY_ID"], secret_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        region=AWS_ENV["AWS_DEFAULT_REGION"], endpoint_override=r.s3_endpoint, scheme="http",
+    ).create_dir(BUCKET)
 
 
 def down(directory: Path) -> bool:
-    """Stop everything the rehearsal in ``directory`` started; False when there was none."""
-    r = Rehearsal.load(directory.resolve())
+    """Stop everything the rehearsal in ``directory`` started and delete the files ``up`` wrote
+    there (token, state); False when there was none. ``StateError`` leaves everything as it is."""
+    directory = directory.resolve()
+    r = Rehearsal.load(directory)
     if r is None:
         return False
     stop(r)
-    Path(r.token_file).unlink(missing_ok=True)
-    Path(r.dir, STATE_FILE).unlink()
+    (directory / TOKEN_FILE).unlink(missing_ok=True)
+    (directory / STATE_FILE).unlink()
     return True
 
 
-def describe(r: Rehearsal) -> str:
+def summary(r: Rehearsal) -> str:
     """The summary ``up`` and ``status`` print: endpoints, client environment, the submit line."""
     env = "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in r.client_env().items())
     return "\n".join([
@@ -364,7 +420,7 @@ def describe(r: Rehearsal) -> str:
         env,
         "submit a sweep (from the project root):",
         f"  {r.submit_line()}",
-        f"stop it all:    python -m jepa_sweeps.cluster down --dir {shlex.quote(r.dir)}",
+        f"stop it all:    python cluster/rehearsal.py down --dir {shlex.quote(r.dir)}",
     ])
 
 
@@ -384,11 +440,11 @@ def status(r: Rehearsal) -> tuple[bool, str]:
         answer = "" if probe is None else (", answering" if probe else ", NOT answering")
         lines.append(f"  {c:<10} {n} process(es){answer}")
     healthy = all(counts.values()) and all(probes.values())
-    return healthy, "\n".join([describe(r), "components:", *lines])
+    return healthy, "\n".join([summary(r), "components:", *lines])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jepa_sweeps.cluster", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python cluster/rehearsal.py", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", type=Path, default=None, help="rehearsal folder (default $JEPA_SWEEPS_HOME/rehearsal)")
     parser.add_argument("--workers", type=int, default=1, help="Ray worker nodes besides the head (up)")
@@ -396,6 +452,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-cpus", type=int, default=1, help="logical CPUs of each worker node (up)")
     args = parser.parse_args(argv)
     directory = args.dir or default_dir()
+    try:
+        return command(parser, args, directory)
+    except StateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def command(parser: argparse.ArgumentParser, args: argparse.Namespace, directory: Path) -> int:
     if args.command == "up":
         if args.workers < 0 or args.head_cpus < 1 or args.worker_cpus < 1:
             parser.error("--workers must be ≥ 0, --head-cpus and --worker-cpus ≥ 1")
@@ -404,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        print(describe(r))
+        print(summary(r))
         return 0
     if args.command == "down":
         print(f"stopped the rehearsal in {directory}" if down(directory) else f"no rehearsal in {directory}")
