@@ -22,7 +22,15 @@ from ray.tune.search.optuna import OptunaSearch
 from jepa_sweeps import names
 from jepa_sweeps.space import SearchSpace
 from jepa_sweeps.spec import SweepSpec, redact
-from jepa_sweeps.storage import Locations, delete_sweep, filesystem, report_folder, tracking_record, write_state
+from jepa_sweeps.storage import (
+    TUNE_FOLDER,
+    Locations,
+    delete_sweep,
+    filesystem,
+    report_folder,
+    tracking_record,
+    write_state,
+)
 from jepa_sweeps.trial import run_trial
 
 
@@ -87,7 +95,7 @@ def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.T
             max_concurrent_trials=spec.resources.max_concurrent_trials,
         ),
         run_config=tune.RunConfig(
-            name=path.rsplit("/", 1)[1],
+            name=TUNE_FOLDER,
             storage_path=loc.folder,
             callbacks=callbacks,
             verbose=0,

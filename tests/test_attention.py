@@ -95,6 +95,7 @@ def test_metric_names_per_layer_and_averaged() -> None:
     }
 
 
+@pytest.mark.slow  # a ViT trial: ~20 s here
 def test_vit_trial_reports_attention_metrics_and_writes_pictures(tmp_path: Path) -> None:
     """A tiny plain-process ViT trial: attention statistics at 1× and 2×, kNN at 2×, PNGs in the checkpoint."""
     torch.set_num_threads(2)

@@ -70,6 +70,7 @@ def ddp_states() -> dict[str, dict[str, torch.Tensor]]:
     return run_distributed(_all_cases_on_rank)[0]
 
 
+@pytest.mark.slow  # two gloo processes training every case: ~30 s here
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_workers_train_like_one_process(case: str, ddp_states: dict) -> None:
     """3 optimizer steps on 2 gloo workers leave the parameters of 1 process on the global batches."""
