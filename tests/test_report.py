@@ -14,6 +14,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from jepa_sweeps import names
 from jepa_sweeps.config import trial_config
 from jepa_sweeps.report.build import publish_report, write_report
 from jepa_sweeps.report.cli import main
@@ -35,7 +36,7 @@ def _knn(lam: float, seed: int, epoch: int) -> float:
 def _add_trial(client: MlflowClient, exp: str, parent: str, name: str, status: str, epochs: int,
                params: dict[str, object], curve: dict[str, list[float]], config: Path | None) -> str:
     run = client.create_run(exp, run_name=name, tags={
-        "mlflow.parentRunId": parent, "jepa.status": status, "jepa.trial_id": f"t_{name}",
+        names.PARENT_TAG: parent, names.STATUS_TAG: status, names.TRIAL_TAG: f"t_{name}",
     })
     run_id = run.info.run_id
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -51,8 +52,10 @@ def _add_trial(client: MlflowClient, exp: str, parent: str, name: str, status: s
 
 
 def _parent(client: MlflowClient, exp: str, searched: str) -> str:
-    run = client.create_run(exp, run_name="sweep-synthetic", tags={"jepa.role": "sweep"})
-    client.log_batch(run.info.run_id, params=[Param("metric", "knn_acc"), Param("mode", "max"), Param("searched", searched)])
+    run = client.create_run(exp, run_name="sweep-synthetic", tags={names.ROLE_TAG: names.SWEEP_ROLE})
+    client.log_batch(run.info.run_id, params=[
+        Param(names.METRIC_PARAM, "knn_acc"), Param(names.MODE_PARAM, "max"), Param(names.SEARCHED_PARAM, searched),
+    ])
     return run.info.run_id
 
 
@@ -63,7 +66,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
-    config = folder / "trial_config.json"
+    config = folder / names.CONFIG_ARTIFACT
     config.write_text(json.dumps(trial_config({"encoder": {"name": "cnn", "width": 8}}).model_dump(mode="json")))
 
     exp = client.create_experiment("synthetic", artifact_location=(folder / "artifacts").as_uri())
