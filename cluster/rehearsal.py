@@ -45,7 +45,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STATE_FILE = "state.json"
+from jepa_sweeps.cli import EXIT_USAGE  # as the product's CLIs: bad input (here a state file), nothing done
+
+REHEARSAL_STATE_FILE = "state.json"
 TOKEN_FILE = "auth_token"
 MARKER = "JEPA_SWEEPS_REHEARSAL"
 HOST = "127.0.0.1"
@@ -61,7 +63,6 @@ OBJECT_STORE_BYTES = 512 * 1024**2  # per node; Ray's default (30% of RAM) is fa
 # Unix socket paths (Ray's temp dir + ~70 characters) must stay below 108 characters.
 MAX_RAY_TEMP_LEN = 36
 START_TIMEOUT_S = 120.0
-EXIT_USAGE = 2  # as the product's CLIs: bad input (here a state file), nothing done
 
 
 class StateError(Exception):
@@ -132,14 +133,14 @@ class Rehearsal:
         return f"{auth} {shlex.join(self.submit_argv())}"
 
     def save(self) -> None:
-        Path(self.dir, STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
+        Path(self.dir, REHEARSAL_STATE_FILE).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> Rehearsal | None:
         """The rehearsal recorded in ``directory``, None if there is none; ``StateError`` for a state
         file that is not JSON, lacks or adds fields, or names paths ``up`` does not write there."""
         directory = directory.resolve()
-        path = directory / STATE_FILE
+        path = directory / REHEARSAL_STATE_FILE
         if not path.is_file():
             return None
         try:
@@ -403,7 +404,7 @@ def down(directory: Path) -> bool:
         return False
     stop(r)
     (directory / TOKEN_FILE).unlink(missing_ok=True)
-    (directory / STATE_FILE).unlink()
+    (directory / REHEARSAL_STATE_FILE).unlink()
     return True
 
 
@@ -411,7 +412,7 @@ def summary(r: Rehearsal) -> str:
     """The summary ``up`` and ``status`` print: endpoints, client environment, the submit line."""
     env = "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in r.client_env().items())
     return "\n".join([
-        f"rehearsal {r.id} in {r.dir} (state: {Path(r.dir, STATE_FILE)}, logs: {Path(r.dir, 'logs')})",
+        f"rehearsal {r.id} in {r.dir} (state: {Path(r.dir, REHEARSAL_STATE_FILE)}, logs: {Path(r.dir, 'logs')})",
         f"  ray head      {HOST}:{r.gcs_port}, dashboard {r.dashboard_url}, {r.workers} worker node(s); "
         f"token auth on (token in {r.token_file}, or `RAY_AUTH_TOKEN_PATH={r.token_file} ray get-auth-token`)",
         f"  object store  {r.s3_endpoint} (moto), bucket {BUCKET}, sweeps under {r.storage}",

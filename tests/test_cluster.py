@@ -282,7 +282,7 @@ def fake_state(directory: Path, **changes: Any) -> dict[str, Any]:
                           str(directory / cluster.TOKEN_FILE), 1, 2, 3, 4, 1, ["s3", "mlflow", "head", "worker1"])
     state = {**r.__dict__, **changes}
     (directory / cluster.TOKEN_FILE).write_text("token")
-    (directory / cluster.STATE_FILE).write_text(json.dumps(state))
+    (directory / cluster.REHEARSAL_STATE_FILE).write_text(json.dumps(state))
     return state
 
 
@@ -302,12 +302,12 @@ def test_down_deletes_only_what_up_wrote(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["{", "[]", "null", '{"id": 1}', "\xff\xfe", ""])
 def test_a_malformed_state_file_is_one_line_and_exit_2(tmp_path: Path, text: str) -> None:
-    (tmp_path / cluster.STATE_FILE).write_bytes(text.encode("latin-1"))
+    (tmp_path / cluster.REHEARSAL_STATE_FILE).write_bytes(text.encode("latin-1"))
     for command in ("down", "status", "up"):
         done = rehearsal_cli(command, "--dir", str(tmp_path))
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("error: "), done.stderr
-    assert (tmp_path / cluster.STATE_FILE).read_bytes() == text.encode("latin-1")
+    assert (tmp_path / cluster.REHEARSAL_STATE_FILE).read_bytes() == text.encode("latin-1")
 
 
 @pytest.mark.parametrize("key", ["token_file", "dir", "ray_temp"])
@@ -320,7 +320,7 @@ def test_down_refuses_paths_up_did_not_make(tmp_path: Path, key: str) -> None:
     done = rehearsal_cli("down", "--dir", str(folder))
     assert done.returncode == 2 and key in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert victim.read_text() == "precious"
-    assert (folder / cluster.STATE_FILE).is_file() and (folder / cluster.TOKEN_FILE).is_file()
+    assert (folder / cluster.REHEARSAL_STATE_FILE).is_file() and (folder / cluster.TOKEN_FILE).is_file()
 
 
 @pytest.mark.parametrize("changes", [{"id": "../../x"}, {"components": ["head; rm -rf /"]}, {"gcs_port": True},
@@ -329,7 +329,7 @@ def test_down_refuses_other_hand_edits(tmp_path: Path, changes: dict[str, Any]) 
     fake_state(tmp_path, **changes)
     done = rehearsal_cli("down", "--dir", str(tmp_path))
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert (tmp_path / cluster.STATE_FILE).is_file()
+    assert (tmp_path / cluster.REHEARSAL_STATE_FILE).is_file()
 
 
 # -- the rehearsal: a multi-node cluster on this machine ------------------------------------------
