@@ -49,6 +49,7 @@ def readable_params(cfg: TrialConfig) -> dict[str, Any]:
     params = {
         "regulariser": cfg.objective.name,
         "lambda": getattr(cfg.objective, "lam", "n/a"),
+        "lambda_additive": getattr(cfg.objective, "lam_additive", "n/a"),  # inv + λ'·reg; inf at λ=1
         "n_global_views": cfg.views.n_global,
         "n_local_views": cfg.views.n_local,
         "batch_size": cfg.optim.batch_size,
@@ -76,7 +77,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_name(cfg: TrialConfig) -> str:
-    """E.g. ``sigreg-lam0.05-g2l6-b128-s0``."""
+    """E.g. ``<objective>-lam0.05-g2l6-b128-s0``."""
     lam = getattr(cfg.objective, "lam", None)
     parts = [cfg.objective.name]
     if lam is not None:
