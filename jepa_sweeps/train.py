@@ -246,7 +246,12 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.backbone.load_state_dict(state["model"]["backbone"])
-        self.model.load_state_dict(state["model"]["rest"], strict=False)
+        loaded = self.model.load_state_dict(state["model"]["rest"], strict=False)  # the backbone is apart
+        missing = [k for k in loaded.missing_keys if not k.startswith("backbone.")]
+        if missing or loaded.unexpected_keys:  # e.g. written before the objective kept this state
+            raise ValueError(
+                f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], dict(state["metrics"])
 
