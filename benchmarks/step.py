@@ -24,7 +24,7 @@ from jepa_sweeps.config import TrialConfig, trial_config
 from jepa_sweeps.data.datasets import ImageDataset, load_dataset
 from jepa_sweeps.objectives import build
 from jepa_sweeps.spec import load_spec
-from jepa_sweeps.train import LeJEPA, Teacher, build_model, build_views, make_optimizer
+from jepa_sweeps.train import LeJEPA, build_model, build_views, make_optimizer
 
 PHASES = ("views", "encoder_fwd", "objective", "encoder_bwd", "optimizer")
 OBJECTIVES = ("sigreg", "vicreg", "infonce", "ema")
@@ -65,7 +65,7 @@ class Steps:
     phases: dict[str, list[float]]
     flops: int
     z: torch.Tensor  # projections (V, N, K) of the last step, detached
-    globals_: torch.Tensor  # its global views, for the EMA teacher
+    globals_: torch.Tensor  # its global views, for objectives with a teacher
     probes: list[float] = field(default_factory=list)  # what ``between`` returned after each repetition
 
     def totals(self, names: tuple[str, ...] = PHASES) -> list[float]:
@@ -117,25 +117,24 @@ def measure_steps(cfg: TrialConfig, data: ImageDataset, reps: int, warmup: int =
 
 def objective_seconds(steps: Steps, reps: int, teacher_reps: int) -> dict[str, dict[str, float]]:
     """Median seconds of each objective's forward+backward on the step's projections (the
-    invariance term included: conservative); for ``ema`` also the teacher's forward on the global
-    views and the EMA update, which only that objective costs."""
+    invariance term included: conservative); for objectives with a teacher also its forward on the
+    global views (``targets``) and its update after the step, which only they cost."""
     v, n, k = steps.z.shape
     n_global = steps.globals_.shape[0]
     out: dict[str, dict[str, float]] = {}
     for name in OBJECTIVES:
         objective = build(name, embed_dim=k, **(steps.cfg.objective_params if name == steps.cfg.objective.name else {}))
-        extra: dict[str, Any] = {}
+        objective.setup(steps.model.backbone, steps.model.projector)
         parts: dict[str, float] = {}
-        if objective.needs_teacher:
-            teacher = Teacher(steps.model)
-            parts["teacher_fwd"] = median(timed(lambda: teacher(steps.globals_), teacher_reps))
-            parts["ema_update"] = median(timed(lambda: teacher.update(steps.model, 0.996), reps))
-            extra["target"] = teacher(steps.globals_)
+        target = objective.targets(steps.globals_)
+        if target is not None:
+            parts["teacher_fwd"] = median(timed(lambda: objective.targets(steps.globals_), teacher_reps))
+            parts["ema_update"] = median(timed(lambda: objective.after_step(0, 1), reps))
         counter = iter(range(1 << 30))
 
         def forward_backward() -> None:
             z = steps.z.clone().requires_grad_(True)
-            objective(z, n_global=n_global, step=next(counter), **extra)["loss"].backward()
+            objective(z, n_global=n_global, step=next(counter), target=target)["loss"].backward()
 
         parts["loss_fwd_bwd"] = median(timed(forward_backward, reps, warmup=2))
         parts["total"] = sum(parts.values())

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
-from jepa_sweeps.objectives import REGISTRY
+from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 UnitRange = tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
@@ -200,7 +200,7 @@ class TrialConfig(Strict):
     views: ViewsConfig = ViewsConfig()
     encoder: EncoderConfig = CNNConfig()
     projector: ProjectorConfig = ProjectorConfig()
-    objective: ObjectiveConfig = Field(default_factory=lambda: {"name": "sigreg"}, validate_default=True)  # type: ignore[assignment]
+    objective: ObjectiveConfig = Field(default_factory=lambda: {"name": DEFAULT_OBJECTIVE}, validate_default=True)  # type: ignore[assignment]
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
 
@@ -231,8 +231,9 @@ class TrialConfig(Strict):
             for key, size in (("global_size", g), ("local_size", l)):
                 if size % p and (key == "global_size" or self.views.n_local):
                     raise BadValue(f"views.{key}", size, f"not divisible by the ViT patch size {p}")
-        if self.objective.name == "infonce" and self.views.n_global + self.views.n_local < 2:
-            raise BadValue("objective.name", "infonce", "needs at least 2 views (views.n_global + views.n_local)")
+        refusal = REGISTRY[self.objective.name].refuse(self)
+        if refusal is not None:
+            raise BadValue(*refusal)
         return self
 
     @property
@@ -259,7 +260,7 @@ class ConfigError(ValueError):
 
 def join_key(*parts: Any) -> str:
     """Dotted key path as written in a spec: list indices as ``[i]``, pydantic's union tags
-    (``objective.ema.lam`` → ``objective.lam``) and validator names dropped."""
+    (``objective.<name>.lam`` → ``objective.lam``) and validator names dropped."""
     out = ""
     previous: Any = None
     for part in parts:
@@ -290,8 +291,9 @@ def _line(e: dict[str, Any], prefix: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         return msg if msg.startswith(key) else f"{key}: {msg}"
     if kind == "extra_forbidden":
-        ema = key.endswith(".lam") or key == "lam"
-        return f"{key}={_short(value)}: {'not a parameter of this objective (ema has no λ)' if ema else 'unknown key'}"
+        owner = next((b for a, b in zip(loc, loc[1:]) if a == "objective" and b in REGISTRY), None)
+        problem = REGISTRY[owner].unknown_parameter(str(loc[-1])) if owner else "unknown key"
+        return f"{key}={_short(value)}: {problem}"
     if kind == "union_tag_invalid":
         tags = e["ctx"]["expected_tags"].replace("'", "")
         return f"{key}.name={_short(value.get('name'))}: unknown; choose among {tags}"

@@ -28,6 +28,7 @@ COMPARABLE = (FINISHED, STOPPED_EARLY)  # trials that count in comparisons
 # -- params of a child run (besides the flattened config) ----------------------------------------
 REGULARISER_PARAM = "regulariser"
 LAMBDA_PARAM = "lambda"
+LAMBDA_ADDITIVE_PARAM = "lambda_additive"  # λ' = λ/(1-λ) of the additive form inv + λ'·reg
 NO_LAMBDA = "n/a"  # LAMBDA_PARAM of an objective without λ
 
 # -- params of a sweep's parent run --------------------------------------------------------------

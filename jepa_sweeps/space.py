@@ -3,7 +3,7 @@
 A module-level class (never a closure, never defined in ``__main__``) because Ray's OptunaSearch
 pickles it with plain pickle at every experiment checkpoint. Parameters are suggested in a fixed
 order: the objective first, then the rest, skipping parameters the chosen objective does not
-have (no λ for ``ema``) and those whose ``when`` excludes it.
+have (not every objective has a λ) and those whose ``when`` excludes it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import optuna
 
-from jepa_sweeps.objectives import REGISTRY
+from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, has_param
 from jepa_sweeps.spec import Distribution, SweepSpec
 
 BRANCH = "|branch"  # suffix of the categorical that picks a branch of a union ("0 or loguniform")
@@ -33,14 +33,14 @@ class SearchSpace:
         searched = spec.searched
         order = sorted(searched, key=lambda k: k != "objective.name")
         self.params: list[tuple[str, Distribution]] = [(k, searched[k]) for k in order]
-        base_name = spec.base_trial().get("objective", {}).get("name", "sigreg")
+        base_name = spec.base_trial().get("objective", {}).get("name", DEFAULT_OBJECTIVE)
         self.base_objective: str = base_name
 
     def applies(self, key: str, dist: Distribution, objective: str) -> bool:
         if dist.when and objective not in dist.when:
             return False
         if key.startswith("objective.") and key != "objective.name":
-            return key.split(".", 1)[1] in REGISTRY[objective].Params.model_fields
+            return has_param(objective, key.split(".", 1)[1])
         return True
 
     def __call__(self, trial: optuna.Trial) -> None:

@@ -21,7 +21,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
-from jepa_sweeps.objectives import REGISTRY
+from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY, has_param
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")  # scheme://user:password@
@@ -111,7 +111,7 @@ class Distribution(Strict):
         return f"{self.kind}[{self.low:g}, {self.high:g}]"
 
     def text(self) -> str:
-        """Human form for the plan, e.g. ``0 or loguniform[0.001, 0.5] (when vicreg)``."""
+        """Human form for the plan, e.g. ``0 or loguniform[0.001, 0.5] (when <objective>)``."""
         if self.kind == "choice":
             parts = [o.label() if isinstance(o, Distribution) else repr(o) for o in self.options]
             body = " or ".join(parts) if any(isinstance(o, Distribution) for o in self.options) else f"one of {', '.join(parts)}"
@@ -242,21 +242,19 @@ class SweepSpec(Strict):
                 set_path(base, key, value)
         base["workers"] = self.resources.workers
         if isinstance(base.get("objective", {}), dict):
-            base.setdefault("objective", {}).setdefault("name", "sigreg")
+            base.setdefault("objective", {}).setdefault("name", DEFAULT_OBJECTIVE)
         return base
 
     def trial_for(self, params: dict[str, Any], check_paths: bool = True) -> TrialConfig:
         """The trial config for searched values ``params`` (dotted keys), validated."""
         cfg = self.base_trial()
-        name = params.get("objective.name", get_path(cfg, "objective.name", "sigreg"))
+        name = params.get("objective.name", get_path(cfg, "objective.name", DEFAULT_OBJECTIVE))
         for key, value in params.items():
-            if key.startswith("objective.") and key != "objective.name":
-                if key.split(".", 1)[1] not in REGISTRY[name].Params.model_fields:
-                    continue  # e.g. no λ for ema
+            if key.startswith("objective.") and key != "objective.name" and not has_param(name, key.split(".", 1)[1]):
+                continue  # a parameter of the other searched objectives
             set_path(cfg, key, value)
         if "objective.name" in params:
-            allowed = set(REGISTRY[name].Params.model_fields) | {"name"}
-            cfg["objective"] = {k: v for k, v in cfg.get("objective", {}).items() if k in allowed}
+            cfg["objective"] = {k: v for k, v in cfg.get("objective", {}).items() if k == "name" or has_param(name, k)}
         return TrialConfig.model_validate(cfg, context={"check_paths": check_paths})
 
     @model_validator(mode="after")
@@ -289,7 +287,7 @@ class SweepSpec(Strict):
                     f"choose among {', '.join(sorted(REGISTRY))}"
                 )
             return names
-        return [get_path(self.base_trial(), "objective.name", "sigreg")]
+        return [get_path(self.base_trial(), "objective.name", DEFAULT_OBJECTIVE)]
 
     def _check_search(self) -> None:
         names = self._objective_names()
@@ -302,7 +300,7 @@ class SweepSpec(Strict):
                     raise ValueError(f"search.{key}.when={name!r}: not among the searched objectives {names}")
             if key.startswith("objective.") and key != "objective.name":
                 param = key.split(".", 1)[1]
-                holders = [n for n in (dist.when or names) if param in REGISTRY[n].Params.model_fields]
+                holders = [n for n in (dist.when or names) if has_param(n, param)]
                 if not holders or (dist.when and len(holders) != len(dist.when)):
                     wrong = next((n for n in (dist.when or names) if n not in holders), names[0])
                     raise ValueError(f"search.{key}: objective {wrong!r} has no parameter {param!r}")
@@ -313,7 +311,7 @@ class SweepSpec(Strict):
             for value in dist.values():
                 params = {key: value}
                 if key.startswith("objective.") and key != "objective.name":
-                    holder = next(n for n in (dist.when or names) if key.split(".", 1)[1] in REGISTRY[n].Params.model_fields)
+                    holder = next(n for n in (dist.when or names) if has_param(n, key.split(".", 1)[1]))
                     params["objective.name"] = holder
                 try:
                     self.trial_for(params)

@@ -48,6 +48,7 @@ def readable_params(cfg: TrialConfig) -> dict[str, Any]:
     params = {
         names.REGULARISER_PARAM: cfg.objective.name,
         names.LAMBDA_PARAM: getattr(cfg.objective, "lam", names.NO_LAMBDA),
+        names.LAMBDA_ADDITIVE_PARAM: getattr(cfg.objective, "lam_additive", names.NO_LAMBDA),  # inv + λ'·reg; inf at λ=1
         "n_global_views": cfg.views.n_global,
         "n_local_views": cfg.views.n_local,
         "batch_size": cfg.optim.batch_size,
@@ -75,7 +76,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def run_name(cfg: TrialConfig) -> str:
-    """E.g. ``sigreg-lam0.05-g2l6-b128-s0``."""
+    """E.g. ``<objective>-lam0.05-g2l6-b128-s0``."""
     lam = getattr(cfg.objective, "lam", None)
     parts = [cfg.objective.name]
     if lam is not None:

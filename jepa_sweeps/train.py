@@ -9,7 +9,6 @@ cross-sample statistic (norm layers, regularisers) is computed on the global bat
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accu
 from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
-from jepa_sweeps.objectives.ema import ema_update, teacher_momentum
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -103,14 +101,15 @@ class Interrupted(Exception):
 class LeJEPA(nn.Module):
     """Backbone → projector → objective, plus the online linear probe on detached features.
 
-    One module, so DDP wraps a single forward and averages every gradient (probe and EMA
-    predictor included).
+    One module, so DDP wraps a single forward and averages every gradient (probe and the
+    objective's own layers included), and one ``state_dict`` holds the objective's state.
     """
 
     def __init__(self, backbone: nn.Module, projector: nn.Module, objective: Objective, num_classes: int):
         super().__init__()
         self.backbone, self.projector, self.objective = backbone, projector, objective
         self.probe = nn.Sequential(nn.LayerNorm(backbone.embed_dim), nn.Linear(backbone.embed_dim, num_classes))
+        objective.setup(backbone, projector)
 
     def embed_views(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features (V, N, D) and projections (V, N, K) of view groups (V_i, N, C, S_i, S_i)."""
@@ -119,40 +118,20 @@ class LeJEPA(nn.Module):
         h = torch.cat(feats)
         return h, self.projector(h.flatten(0, 1)).unflatten(0, h.shape[:2])
 
-    def forward(
-        self,
-        groups: list[torch.Tensor],
-        labels: torch.Tensor,
-        step: int,
-        target: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        n_global = groups[0].shape[0]
+    def losses(self, groups: list[torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Features, projections and the objective's terms; the first group holds the global views."""
+        target = self.objective.targets(groups[0])
         h, z = self.embed_views(groups)
-        extra = {"target": target} if self.objective.needs_teacher else {}
-        out = self.objective(z, n_global=n_global, step=step, **extra)
+        return h, z, self.objective(z, n_global=groups[0].shape[0], step=step, target=target)
+
+    def forward(self, groups: list[torch.Tensor], labels: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        n_global = groups[0].shape[0]
+        h, z, out = self.losses(groups, step)
         logits = self.probe(h[:n_global].detach().flatten(0, 1))
         out["probe_loss"] = F.cross_entropy(logits, labels.repeat(n_global))
         out["total"] = out["loss"] + out["probe_loss"]
         out["z_std"] = z.detach().std(dim=1).mean()
         return out
-
-
-class Teacher(nn.Module):
-    """EMA copy of backbone + projector: global views → projections, never trained directly."""
-
-    def __init__(self, model: LeJEPA):
-        super().__init__()
-        self.backbone = copy.deepcopy(model.backbone).requires_grad_(False)
-        self.projector = copy.deepcopy(model.projector).requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, globals_: torch.Tensor) -> torch.Tensor:
-        h = self.backbone(globals_.to(self.projector.net[0].weight.dtype).flatten(0, 1))
-        return self.projector(h).unflatten(0, globals_.shape[:2])
-
-    def update(self, model: LeJEPA, momentum: float) -> None:
-        ema_update(self.backbone, model.backbone, momentum)
-        ema_update(self.projector, model.projector, momentum)
 
 
 def build_model(cfg: TrialConfig, data: ImageDataset) -> LeJEPA:
@@ -194,7 +173,7 @@ def make_optimizer(cfg: TrialConfig, model: LeJEPA) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norm parameters; the probe at its own fixed lr."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        if not name.startswith("probe."):
+        if p.requires_grad and not name.startswith("probe."):
             (decay if p.ndim > 1 else no_decay).append(p)
     return torch.optim.AdamW(
         [
@@ -234,7 +213,6 @@ class Trainer:
         self.test_y = self.data.test_labels.to(device)
         self.views = build_views(cfg, self.data)
         self.model = build_model(cfg, self.data)
-        self.teacher = Teacher(self.model).to(device) if self.model.objective.needs_teacher else None
         self.ddp_model = hooks.prepare_model(self.model)
         self.model.to(device)
         self.optimizer = make_optimizer(cfg, self.model)
@@ -246,7 +224,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.epoch, self.step = 0, 0
         self.metrics: dict[str, float] = {}
-        self.schedule: dict[str, float] = {}  # lr (and EMA momentum) of the last step
+        self.schedule: dict[str, float] = {}  # lr and the objective's schedule values of the last step
         self.files: dict[str, bytes] = {}  # plots not yet handed over with a checkpoint
         state = hooks.load_checkpoint()
         if state is not None:
@@ -260,7 +238,6 @@ class Trainer:
                 "rest": {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.")},
             },
             "optimizer": self.optimizer.state_dict(),
-            "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "epoch": self.epoch,
             "step": self.step,
             "metrics": dict(self.metrics),
@@ -269,10 +246,13 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.model.backbone.load_state_dict(state["model"]["backbone"])
-        self.model.load_state_dict(state["model"]["rest"], strict=False)
+        loaded = self.model.load_state_dict(state["model"]["rest"], strict=False)  # the backbone is apart
+        missing = [k for k in loaded.missing_keys if not k.startswith("backbone.")]
+        if missing or loaded.unexpected_keys:  # e.g. written before the objective kept this state
+            raise ValueError(
+                f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]}"
+            )
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.teacher is not None:
-            self.teacher.load_state_dict(state["teacher"])
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], dict(state["metrics"])
 
     # -- steps ---------------------------------------------------------------------------------
@@ -284,15 +264,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             if group["kind"] == "model":
                 group["lr"] = lr
-        target = self.teacher(globals_) if self.teacher is not None else None
-        out = self.ddp_model(groups, self.train_y[idx], self.step, target)
+        out = self.ddp_model(groups, self.train_y[idx], self.step)
         self.optimizer.zero_grad(set_to_none=True)
         out["total"].backward()
         self.optimizer.step()
-        if self.teacher is not None:
-            momentum = teacher_momentum(self.model.objective.momentum, self.step, self.total_steps)
-            self.teacher.update(self.model, momentum)
-            self.schedule["momentum"] = momentum
+        self.schedule.update(self.model.objective.after_step(self.step, self.total_steps))
         self.schedule["lr"] = lr
         self.step += 1
         return out
@@ -309,9 +285,7 @@ class Trainer:
             idx = local_slice(batch).to(self.test_x.device)
             globals_, locals_ = self.views(self.test_x[idx], idx, VAL_EPOCH_KEY)
             groups = [globals_] if locals_ is None else [globals_, locals_]
-            _, z = self.model.embed_views(groups)
-            extra = {"target": self.teacher(globals_)} if self.teacher is not None else {}
-            out = self.model.objective(z, n_global=globals_.shape[0], step=0, **extra)
+            _, _, out = self.model.losses(groups, step=0)
             vals = all_reduce_detached(torch.stack([out["inv_loss"], out["reg_loss"]]))
             sums["val_inv_loss"] = sums.get("val_inv_loss", 0.0) + float(vals[0]) / len(batches)
             sums["val_reg_loss"] = sums.get("val_reg_loss", 0.0) + float(vals[1]) / len(batches)

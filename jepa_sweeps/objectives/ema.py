@@ -1,13 +1,15 @@
 """EMA teacher + stop-gradient (BYOL-style) in the multi-view loop.
 
 The student's predictor output for every view is pulled to the mean of the teacher's projections
-of the global views, with BYOL's ``2 − 2·cos`` and no gradient into the teacher. The teacher
-itself (an EMA copy of backbone + projector) is kept by the trial loop (``needs_teacher``); this
-module owns the predictor and the loss. There is no λ: collapse is avoided by the asymmetry.
+of the global views, with BYOL's ``2 − 2·cos`` and no gradient into the teacher. There is no λ:
+collapse is avoided by the asymmetry. The teacher (an EMA copy of backbone + projector) is a
+submodule of the objective, so checkpoints and DDP carry it like any other state;
+``WithTeacher`` gives it to any objective whose invariance targets come from a teacher.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -19,9 +21,8 @@ from jepa_sweeps.models.norm import GlobalBatchNorm
 from jepa_sweeps.objectives.base import Objective, ObjectiveParams, register
 
 
-class EMAParams(ObjectiveParams):
+class TeacherParams(ObjectiveParams):
     momentum: float = Field(0.996, ge=0.0, lt=1.0, description="teacher momentum at step 0")
-    predictor_hidden: int = Field(256, ge=1, le=65536)
 
 
 def teacher_momentum(base: float, step: int, total_steps: int) -> float:
@@ -39,26 +40,77 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         t.copy_(s)
 
 
-@register("ema")
-class EMA(Objective):
-    Params = EMAParams
-    needs_teacher = True
+class Teacher(nn.Module):
+    """EMA copy of backbone + projector: global views → projections, never trained directly.
 
-    def __init__(self, momentum: float, predictor_hidden: int, embed_dim: int = 64) -> None:
+    It refers to the student's parts without registering them (a tuple), so they are neither
+    duplicated in the ``state_dict`` nor counted twice as parameters.
+    """
+
+    def __init__(self, backbone: nn.Module, projector: nn.Module):
         super().__init__()
-        self.momentum = momentum
+        self.backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.projector = copy.deepcopy(projector).requires_grad_(False)
+        self.student = (backbone, projector)
+
+    @torch.no_grad()
+    def forward(self, globals_: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.projector.parameters()).dtype
+        h = self.backbone(globals_.to(dtype).flatten(0, 1))
+        return self.projector(h).unflatten(0, globals_.shape[:2])
+
+    def update(self, momentum: float) -> None:
+        ema_update(self.backbone, self.student[0], momentum)
+        ema_update(self.projector, self.student[1], momentum)
+
+
+class WithTeacher:
+    """The hooks of an objective whose invariance targets are an EMA teacher's projections of
+    the global views; mix in before ``Objective`` with params that include ``TeacherParams``."""
+
+    params: TeacherParams
+    teacher: Teacher
+
+    def setup(self, backbone: nn.Module, projector: nn.Module) -> None:
+        self.teacher = Teacher(backbone, projector)
+
+    def targets(self, globals_: torch.Tensor) -> torch.Tensor:
+        return self.teacher(globals_)
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        momentum = teacher_momentum(self.params.momentum, step, total_steps)
+        self.teacher.update(momentum)
+        return {"momentum": momentum}
+
+
+class EMAParams(TeacherParams):
+    predictor_hidden: int = Field(256, ge=1, le=65536)
+
+
+@register("ema")
+class EMA(WithTeacher, Objective):
+    Params = EMAParams
+
+    def __init__(self, params: EMAParams, embed_dim: int) -> None:
+        super().__init__(params, embed_dim)
         self.predictor = nn.Sequential(
-            nn.Linear(embed_dim, predictor_hidden),
-            GlobalBatchNorm(predictor_hidden),
+            nn.Linear(embed_dim, params.predictor_hidden),
+            GlobalBatchNorm(params.predictor_hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(predictor_hidden, embed_dim),
+            nn.Linear(params.predictor_hidden, embed_dim),
         )
+
+    @classmethod
+    def unknown_parameter(cls, param: str) -> str:
+        if param == "lam":
+            return f"not a parameter of objective {cls.name!r} (no λ: the teacher's asymmetry, not a regulariser, avoids collapse)"
+        return super().unknown_parameter(param)
 
     def forward(
         self, z: torch.Tensor, n_global: int = 2, step: int = 0, target: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         if target is None:
-            raise ValueError("the ema objective needs the teacher's global-view projections")
+            raise ValueError("the ema objective needs its teacher's targets (from ``targets``)")
         v, n, k = z.shape
         pred = self.predictor(z.reshape(v * n, k)).reshape(v, n, k)
         centre = target.detach().mean(0)

@@ -8,12 +8,14 @@ is exactly NT-Xent). λ = 1 is SimCLR-style contrastive learning.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from jepa_sweeps.distributed import gather_cat, rank
-from jepa_sweeps.objectives.base import Objective, WeightedParams, invariance, register
+from jepa_sweeps.objectives.base import Refusal, Weighted, WeightedParams, register
 
 
 def multiview_nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -43,18 +45,16 @@ class InfoNCEParams(WeightedParams):
 
 
 @register("infonce")
-class InfoNCE(Objective):
+class InfoNCE(Weighted):
     """``(1-λ)·invariance + λ·NT-Xent``."""
 
     Params = InfoNCEParams
 
-    def __init__(self, lam: float, temperature: float) -> None:
-        super().__init__()
-        self.lam, self.temperature = lam, temperature
+    @classmethod
+    def refuse(cls, trial: Any) -> Refusal | None:
+        if trial.views.n_global + trial.views.n_local < 2:
+            return Refusal("objective.name", cls.name, "needs at least 2 views (views.n_global + views.n_local)")
+        return None
 
-    def forward(self, z: torch.Tensor, n_global: int = 2, step: int = 0) -> dict[str, torch.Tensor]:
-        if z.shape[0] < 2:
-            raise ValueError("infonce needs at least 2 views per image")
-        inv = invariance(z, n_global)
-        reg = multiview_nt_xent(z, self.temperature)
-        return {"loss": (1 - self.lam) * inv + self.lam * reg, "inv_loss": inv, "reg_loss": reg}
+    def regulariser(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return multiview_nt_xent(z, self.params.temperature), {}

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 
 from jepa_sweeps.distributed import all_reduce_mean, world_size
-from jepa_sweeps.objectives.base import Objective, WeightedParams, invariance, register
+from jepa_sweeps.objectives.base import Weighted, WeightedParams, register
 
 
 def _knots(num_knots: int, t_max: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,19 +59,11 @@ class SIGRegParams(WeightedParams):
 
 
 @register("sigreg")
-class SIGReg(Objective):
+class SIGReg(Weighted):
     """LeJEPA: ``(1-λ)·invariance + λ·mean_v SIGReg(z_v)``."""
 
     Params = SIGRegParams
 
-    def __init__(self, lam: float, num_slices: int, num_knots: int, t_max: float) -> None:
-        super().__init__()
-        self.lam, self.num_slices, self.num_knots, self.t_max = lam, num_slices, num_knots, t_max
-
-    def forward(self, z: torch.Tensor, n_global: int = 2, step: int = 0) -> dict[str, torch.Tensor]:
-        inv = invariance(z, n_global)
-        reg = sigreg_statistic(
-            z, num_slices=self.num_slices, step=step, num_knots=self.num_knots, t_max=self.t_max
-        )
-        return {"loss": (1 - self.lam) * inv + self.lam * reg, "inv_loss": inv, "reg_loss": reg}
-
+    def regulariser(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        p = self.params
+        return sigreg_statistic(z, num_slices=p.num_slices, step=step, num_knots=p.num_knots, t_max=p.t_max), {}

@@ -1,9 +1,12 @@
 """VICReg's variance and covariance terms as the regulariser of the multi-view loss.
 
 Both statistics are taken per view on the gathered global batch (gather with gradient), as in
-the official implementation, and averaged over views. The variance hinge averaged over views is
-the official per-branch halving; ``cov_weight`` = 1/25 makes λ=0.5 weigh invariance : variance :
-covariance like VICReg's 25 : 25 : 1.
+the official implementation, and averaged over views: the variance hinge averaged over views is
+the official per-branch halving, while VICReg *sums* the covariance over its two branches. Our
+invariance term is the mean squared distance to the centre of the global views, for two views
+MSE(z₀, z₁)/4. So VICReg's 25 : 25 : 1 (invariance : variance : covariance) is
+``VICREG_25_25_1`` = λ 0.2, cov_weight 0.08, the whole loss then 0.008 × VICReg's; λ 0.5 with
+cov_weight 1/25 would weigh them 6.25 : 25 : 0.5.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import torch
 from pydantic import Field
 
 from jepa_sweeps.distributed import gather_cat
-from jepa_sweeps.objectives.base import Objective, WeightedParams, invariance, register
+from jepa_sweeps.objectives.base import Weighted, WeightedParams, register
+
+#: our parameters at which the loss is proportional to VICReg's with its 25/25/1 (2 global views)
+VICREG_25_25_1 = {"lam": 0.2, "cov_weight": 0.08}
 
 
 def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,29 +33,24 @@ def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tenso
     return var_loss, (off_diag / k).mean()
 
 
+def vicreg_regulariser(z: torch.Tensor, cov_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``variance + cov_weight·covariance`` of the global batch of ``z`` (V, N_local, K), and both terms."""
+    var_loss, cov_loss = variance_covariance(gather_cat(z, dim=1))
+    return var_loss + cov_weight * cov_loss, {"var_loss": var_loss, "cov_loss": cov_loss}
+
+
 class VICRegParams(WeightedParams):
-    lam: float = Field(0.5, ge=0.0, le=1.0, description="weight λ of the regulariser")
-    cov_weight: float = Field(1 / 25, ge=0.0, le=100.0, description="covariance vs variance weight")
+    lam: float = Field(VICREG_25_25_1["lam"], ge=0.0, le=1.0, description="weight λ of the regulariser")
+    cov_weight: float = Field(
+        VICREG_25_25_1["cov_weight"], ge=0.0, le=100.0, description="covariance vs variance weight"
+    )
 
 
 @register("vicreg")
-class VICReg(Objective):
+class VICReg(Weighted):
     """``(1-λ)·invariance + λ·(variance + cov_weight·covariance)``."""
 
     Params = VICRegParams
 
-    def __init__(self, lam: float, cov_weight: float) -> None:
-        super().__init__()
-        self.lam, self.cov_weight = lam, cov_weight
-
-    def forward(self, z: torch.Tensor, n_global: int = 2, step: int = 0) -> dict[str, torch.Tensor]:
-        inv = invariance(z, n_global)
-        var_loss, cov_loss = variance_covariance(gather_cat(z, dim=1))
-        reg = var_loss + self.cov_weight * cov_loss
-        return {
-            "loss": (1 - self.lam) * inv + self.lam * reg,
-            "inv_loss": inv,
-            "reg_loss": reg,
-            "var_loss": var_loss,
-            "cov_loss": cov_loss,
-        }
+    def regulariser(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return vicreg_regulariser(z, self.params.cov_weight)
