@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.run import main
 from jepa_sweeps.spec import load_spec
+from jepa_sweeps.storage import TRAIN_FOLDER, TUNE_FOLDER
 from jepa_sweeps.sweep import Search
 from jepa_sweeps.train import LocalHooks, train
 from jepa_sweeps.trial import delete_untracked_checkpoints
@@ -134,7 +135,7 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
         "failures": {"max_failures": 0},  # a missing folder stays missing: no worker-group restarts
         "mlflow": {"tracking_uri": mlflow_server.uri},
     })
-    train_dir = home / "ray_results" / "faults" / "train"
+    train_dir = home / "ray_results" / "faults" / TRAIN_FOLDER
     events: dict[str, float] = {}
 
     def disturb(stop: threading.Event) -> None:
@@ -195,7 +196,7 @@ def test_failing_and_diverging_trials_during_a_tracking_outage(
     # Optuna was told: the worst value (not NaN, which Optuna refuses, leaving the trial RUNNING) for
     # the diverged trial, which TPE therefore ranks below every real result; FAIL for the failed one.
     search = Search()
-    search.restore_from_dir(str(home / "ray_results" / "faults"))
+    search.restore_from_dir(str(home / "ray_results" / "faults" / TUNE_FOLDER))
     study_trials = search._ot_study.trials
     assert [t.state for t in study_trials] == [
         optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
@@ -246,7 +247,7 @@ def test_killed_worker_resumes_exactly_and_old_checkpoints_are_deleted(
         "scheduler": {"name": "fifo"},
         "failures": {"max_failures": 2, "checkpoints_to_keep": 2},
     })
-    train_dir = home / "ray_results" / "killed_worker" / "train"
+    train_dir = home / "ray_results" / "killed_worker" / TRAIN_FOLDER
     seen: dict[str, Any] = {}
 
     def reported_epochs() -> list[int]:
