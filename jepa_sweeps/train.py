@@ -31,6 +31,7 @@ from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
 from jepa_sweeps.objectives.ema import ema_update, teacher_momentum
+from jepa_sweeps.precision import Precision, compile_module
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -235,6 +236,9 @@ class Trainer:
         self.views = build_views(cfg, self.data)
         self.model = build_model(cfg, self.data)
         self.teacher = Teacher(self.model).to(device) if self.model.objective.needs_teacher else None
+        self.precision = Precision(cfg.optim.precision, device)
+        if cfg.compile:
+            compile_module(self.model.backbone)
         self.ddp_model = hooks.prepare_model(self.model)
         self.model.to(device)
         self.optimizer = make_optimizer(cfg, self.model)
@@ -260,6 +264,7 @@ class Trainer:
                 "rest": {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.")},
             },
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.state_dict(),
             "teacher": self.teacher.state_dict() if self.teacher is not None else None,
             "epoch": self.epoch,
             "step": self.step,
@@ -271,6 +276,7 @@ class Trainer:
         self.model.backbone.load_state_dict(state["model"]["backbone"])
         self.model.load_state_dict(state["model"]["rest"], strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("scaler"))
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], dict(state["metrics"])
@@ -284,11 +290,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             if group["kind"] == "model":
                 group["lr"] = lr
-        target = self.teacher(globals_) if self.teacher is not None else None
-        out = self.ddp_model(groups, self.train_y[idx], self.step, target)
+        with self.precision.autocast():
+            target = self.teacher(globals_) if self.teacher is not None else None
+            out = self.ddp_model(groups, self.train_y[idx], self.step, target)
         self.optimizer.zero_grad(set_to_none=True)
-        out["total"].backward()
-        self.optimizer.step()
+        self.precision.backward_step(out["total"], self.optimizer)
         if self.teacher is not None:
             momentum = teacher_momentum(self.model.objective.momentum, self.step, self.total_steps)
             self.teacher.update(self.model, momentum)

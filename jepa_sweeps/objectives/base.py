@@ -16,6 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from jepa_sweeps.precision import fp32
+
 
 class ObjectiveParams(BaseModel):
     """Parameters of one objective, validated by the config layer (unknown keys rejected)."""
@@ -29,6 +31,7 @@ class WeightedParams(ObjectiveParams):
     lam: float = Field(0.05, ge=0.0, le=1.0, description="weight λ of the regulariser")
 
 
+@fp32  # views close to their centre: z − c cancels most of bf16's 8 bits before it is squared
 def invariance(z: torch.Tensor, n_global: int, target: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared distance of every view to the centre of the global views, over (V, N, K).
 
