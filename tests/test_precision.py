@@ -143,6 +143,21 @@ def test_precision_resolves_per_device_and_is_validated() -> None:
     assert half.scaler.is_enabled() and "scale" in half.state_dict()
 
 
+def test_fp16_scaler_state_round_trips() -> None:
+    """What a checkpoint keeps of an fp16 trial's scaler restores the same scaler (scale, tracker)."""
+    model = _linear()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    half = Precision("fp16", torch.device("cpu"))
+    for _ in range(3):
+        with half.autocast():
+            loss = model(torch.randn(8, 4)).square().mean()
+        half.backward_step(loss, optimizer)
+    state = half.state_dict()
+    restored = Precision("fp16", torch.device("cpu"))
+    restored.load_state_dict(state)
+    assert restored.state_dict() == state and state["scale"] < 2.0**16  # moved off its initial scale
+
+
 def test_sweep_resolves_auto_by_its_workers_device() -> None:
     gpu = parse_spec({"name": "g", "resources": {"gpus_per_worker": 1}})
     cpu = parse_spec({"name": "c"})
