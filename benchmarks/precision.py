@@ -57,11 +57,13 @@ class Stepper:
         return now() - started
 
 
-def precision_row(batch: int, reps: int, warmup: int = 1, threads: int = 2, device: str | None = None,
-                  nano_overrides: dict[str, Any] | None = None) -> Row:
+def precision_row(batch: int, reps: int, cuda_batch: int | None = None, warmup: int = 1, threads: int = 2,
+                  device: str | None = None, nano_overrides: dict[str, Any] | None = None) -> Row:
     """Row 7: images/s of the ViT-nano step under fp32, bf16 and fp16 on ``device`` (default: CUDA
-    if present, else the CPU with ``threads`` threads)."""
+    if present, else the CPU with ``threads`` threads); ``cuda_batch`` replaces ``batch`` on CUDA."""
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda" and cuda_batch:
+        batch = cuda_batch
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
