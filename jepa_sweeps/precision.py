@@ -50,7 +50,9 @@ def full_precision() -> Iterator[None]:
             if torch.is_autocast_enabled(device_type):
                 stack.enter_context(torch.autocast(device_type, enabled=False))
         matmul = torch.backends.cuda.matmul
-        if matmul.fp32_precision == "tf32":
+        # Inside a compiled graph the backend flag cannot be traced (a graph break); there the
+        # compiler chooses the matmul kernels.
+        if not torch.compiler.is_compiling() and matmul.fp32_precision == "tf32":
             matmul.fp32_precision = "ieee"
             stack.callback(setattr, matmul, "fp32_precision", "tf32")
         yield

@@ -204,3 +204,24 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(options: dict, cap
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("warning: torch.compile failed"), err
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+@pytest.mark.slow
+def test_trial_with_compile_trains_eagerly_when_the_compiler_is_missing(capfd: Any) -> None:
+    """``compile: true`` on a node whose C++ compiler is gone (inductor's configured ``cxx``): the
+    compile fails at the first step, the trial says so in one line and finishes in eager mode."""
+    import torch._inductor.config as inductor
+
+    from jepa_sweeps.train import train
+
+    cfg = trial_config({
+        "epochs": 1, "compile": True, "optim": {"batch_size": 256, "warmup_epochs": 0},
+        "encoder": {"name": "cnn", "width": 4}, "views": {"n_global": 2, "n_local": 0},
+        "projector": {"hidden_dim": 16, "out_dim": 8}, "objective": {"name": "sigreg", "num_slices": 8},
+        "eval": {"final_probe_epochs": 0, "val_batches": 1},
+    })
+    with inductor.patch({"cpp.cxx": (None, "/nonexistent/g++")}):
+        final = train(cfg)
+    assert final["epoch"] == 1 and final["diverged"] == 0.0 and 0.0 <= final["knn_acc"] <= 1.0
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "torch.compile failed" in line]
+    assert len(warnings) == 1, warnings
