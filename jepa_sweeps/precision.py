@@ -142,4 +142,5 @@ def compile_module(module: nn.Module, **options: Any) -> None:
 def _compile_failed(err: Exception) -> None:
     cause = getattr(err, "inner_exception", None) or err  # a backend's own error, not dynamo's wrapper
     reason = (str(cause).strip().splitlines() or [""])[0][:200]
-    print(f"warning: torch.compile failed ({type(cause).__name__}: {reason}); running eagerly", file=sys.stderr, flush=True)
+    message = f"warning: torch.compile failed ({type(cause).__name__}: {reason}); running eagerly"
+    print(message, file=sys.stderr, flush=True)
