@@ -108,6 +108,20 @@ def test_fp32_upcasts_low_precision_arguments_only() -> None:
         assert dtypes(torch.ones(2, 2, dtype=torch.float64))[0] == torch.float64
 
 
+def test_ema_update_inside_autocast_is_the_fp32_update() -> None:
+    """A step of (1−m) = 1e-4 survives (it would be below bf16's resolution of the weights)."""
+    from jepa_sweeps.objectives.ema import ema_update
+
+    teacher, student = _linear(), _linear()
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    expected = teacher.weight.detach() + 1e-4 * (student.weight.detach() - teacher.weight.detach())
+    with BF16:
+        ema_update(teacher, student, 1 - 1e-4)
+    assert teacher.weight.dtype == torch.float32
+    assert torch.allclose(teacher.weight, expected, rtol=0, atol=1e-7)
+
+
 def _bf16_on_rank(rank: int, world: int) -> dict[str, tuple[float, torch.Tensor]]:
     z, target = _inputs()
     part = slice(rank * N // world, (rank + 1) * N // world)

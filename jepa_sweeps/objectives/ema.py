@@ -31,7 +31,8 @@ def teacher_momentum(base: float, step: int, total_steps: int) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
-@fp32  # (1−m)·(s−t) with m → 1 is below bf16's resolution of t: the teacher would stop moving
+# fp32 without a wrapper: both sides are fp32 master weights and in-place lerp_ is not autocast
+# (checked in tests/test_precision.py); in bf16 the (1−m)·(s−t) steps would round away as m → 1.
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← m·teacher + (1−m)·student, after the optimizer step; buffers are copied."""
