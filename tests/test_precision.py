@@ -176,7 +176,10 @@ def test_sweep_resolves_auto_by_its_workers_device() -> None:
     gpu = parse_spec({"name": "g", "resources": {"gpus_per_worker": 1}})
     cpu = parse_spec({"name": "c"})
     fixed = parse_spec({"name": "f", "resources": {"gpus_per_worker": 1}, "trial": {"optim": {"precision": "fp32"}}})
+    from jepa_sweeps.tracking import readable_params
+
     assert gpu.trial_config({}).optim.precision == "bf16"
+    assert readable_params(gpu.trial_config({}))["optim.precision"] == "bf16"  # the MLflow parameter
     assert cpu.trial_config({}).optim.precision == "fp32"
     assert fixed.trial_config({}).optim.precision == "fp32"
 
