@@ -157,6 +157,9 @@ class OptimConfig(Strict):
     warmup_epochs: float = Field(1.0, ge=0.0)
     min_lr_ratio: float = Field(0.01, ge=0.0, le=1.0, description="final lr / peak lr (cosine)")
     probe_lr: float = Field(1e-2, gt=0.0, le=10.0, description="online linear probe (fixed lr)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast of the step; auto: bf16 on CUDA, fp32 on CPU (see jepa_sweeps/precision.py)"
+    )
 
     def scaled_lr(self) -> float:
         ratio = self.batch_size / 256
@@ -196,6 +199,7 @@ class TrialConfig(Strict):
     workers: int = Field(1, ge=1, le=4096, description="DDP world size")
     threads: int | None = Field(None, ge=1, le=256, description="torch threads per worker")
     checkpoint_every: int = Field(1, ge=1)
+    compile: bool = Field(False, description="torch.compile the encoder (eager if compiling fails)")
     data: DataConfig = DataConfig()
     views: ViewsConfig = ViewsConfig()
     encoder: EncoderConfig = CNNConfig()

@@ -95,7 +95,8 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
         f"sweep {spec.name!r}: {spec.num_samples} configurations × {spec.seeds} seed(s), "
         f"{spec.metric} ({spec.mode}), scheduler {spec.scheduler.name}" + (" — resuming" if resume else ""),
         f"  base: {base.objective.name} on {base.data.name}, encoder {base.encoder.name}, {base.epochs} epochs, "
-        f"batch {base.optim.batch_size}, views {base.views.n_global}+{base.views.n_local}",
+        f"batch {base.optim.batch_size}, views {base.views.n_global}+{base.views.n_local}, "
+        f"precision {base.optim.precision}, compile {'on' if base.compile else 'off'}",
     ]
     for key, dist in spec.searched.items():
         lines.append(f"  search {key}: {dist.text()}")

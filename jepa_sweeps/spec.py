@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY, has_param
+from jepa_sweeps.precision import resolve
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")  # scheme://user:password@
@@ -241,6 +242,11 @@ class SweepSpec(Strict):
             if not isinstance(value, Distribution):
                 set_path(base, key, value)
         base["workers"] = self.resources.workers
+        optim = base.get("optim", {})
+        if isinstance(optim, dict) and optim.get("precision", "auto") == "auto":
+            # Resolved here, where the trial's device is known, so the plan and MLflow show it.
+            device = "cuda" if self.resources.gpus_per_worker else "cpu"
+            base["optim"] = {**optim, "precision": resolve("auto", device)}
         if isinstance(base.get("objective", {}), dict):
             base.setdefault("objective", {}).setdefault("name", DEFAULT_OBJECTIVE)
         return base

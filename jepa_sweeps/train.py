@@ -29,6 +29,7 @@ from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accu
 from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
+from jepa_sweeps.precision import Precision, compile_module
 
 STATE_FILE = "state.pt"
 ENCODER_FILE = "encoder.pt"
@@ -213,6 +214,9 @@ class Trainer:
         self.test_y = self.data.test_labels.to(device)
         self.views = build_views(cfg, self.data)
         self.model = build_model(cfg, self.data)
+        self.precision = Precision(cfg.optim.precision, device)
+        if cfg.compile:
+            compile_module(self.model.backbone)
         self.ddp_model = hooks.prepare_model(self.model)
         self.model.to(device)
         self.optimizer = make_optimizer(cfg, self.model)
@@ -238,6 +242,7 @@ class Trainer:
                 "rest": {k: v for k, v in self.model.state_dict().items() if not k.startswith("backbone.")},
             },
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.precision.state_dict(),
             "epoch": self.epoch,
             "step": self.step,
             "metrics": dict(self.metrics),
@@ -253,6 +258,7 @@ class Trainer:
                 f"checkpoint does not fit the model: missing {missing[:3]}, unexpected {loaded.unexpected_keys[:3]}"
             )
         self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state.get("scaler"))
         self.epoch, self.step, self.metrics = state["epoch"], state["step"], dict(state["metrics"])
 
     # -- steps ---------------------------------------------------------------------------------
@@ -264,10 +270,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             if group["kind"] == "model":
                 group["lr"] = lr
-        out = self.ddp_model(groups, self.train_y[idx], self.step)
+        with self.precision.autocast():
+            out = self.ddp_model(groups, self.train_y[idx], self.step)
         self.optimizer.zero_grad(set_to_none=True)
-        out["total"].backward()
-        self.optimizer.step()
+        self.precision.backward_step(out["total"], self.optimizer)
         self.schedule.update(self.model.objective.after_step(self.step, self.total_steps))
         self.schedule["lr"] = lr
         self.step += 1

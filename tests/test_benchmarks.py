@@ -155,3 +155,13 @@ def test_sweep_comparison_counts_epochs_and_points(tmp_path: Path) -> None:
     assert row.value == pytest.approx(10 / 18)
     assert row.details["gap_points"] == pytest.approx(1.0)
     assert row.passed is False  # 0.56 > 0.5
+
+
+def test_precision_row_times_every_precision_of_the_step() -> None:
+    """Row 7 at tiny sizes: one step per precision and round; on a CPU reported without a verdict."""
+    from benchmarks.precision import PRECISIONS, precision_row
+
+    row = precision_row(batch=4, reps=1, device="cpu", nano_overrides={"dim": 32, "depth": 1, "heads": 2})
+    assert row.id == "7" and row.passed is None and row.value > 0
+    assert set(row.details["images_per_s"]) == set(PRECISIONS) and all(v > 0 for v in row.details["images_per_s"].values())
+    assert row.shown == f"{row.value:.2f}×" and "fp16" in row.notes[0]

@@ -10,7 +10,7 @@ import torch
 
 from jepa_sweeps.config import ConfigError, TrialConfig, trial_config
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY
-from jepa_sweeps.train import Interrupted, LocalHooks, Trainer, global_batches, train
+from jepa_sweeps.train import Interrupted, LocalHooks, Trainer, global_batches, load_checkpoint, train
 
 REQUIRED = {
     "loss", "inv_loss", "reg_loss", "val_inv_loss", "val_reg_loss", "knn_acc", "linear_acc", "rankme",
@@ -103,6 +103,27 @@ def test_resume_after_interruption_is_exact(name: str, tmp_path: Path) -> None:
     for key, value in uninterrupted.items():
         if key != "images_per_s":
             assert math.isclose(resumed[key], value, rel_tol=1e-6, abs_tol=1e-9), key
+
+
+@pytest.mark.slow
+def test_resume_under_bf16_is_bit_exact(tmp_path: Path) -> None:
+    """Under autocast the checkpoint holds fp32 master weights and the optimizer (≈90 s here:
+    bf16 is slow on this CPU): an interrupted run resumes to the same bits as an uninterrupted one."""
+    cfg = _config(DEFAULT_CASE, 1, epochs=2, optim={**SMALL["optim"], "precision": "bf16"})
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    uninterrupted = train(cfg, LocalHooks(directory=full))
+    with pytest.raises(Interrupted):
+        train(cfg, LocalHooks(directory=cut, stop_after_epoch=1))
+    resumed = train(cfg, LocalHooks(directory=cut))
+    assert {k: v for k, v in resumed.items() if k != "images_per_s"} == {
+        k: v for k, v in uninterrupted.items() if k != "images_per_s"
+    }
+    a, b = load_checkpoint(full), load_checkpoint(cut)
+    for part in ("backbone", "rest"):
+        for key, value in a["model"][part].items():
+            assert torch.equal(value, b["model"][part][key]), key
+            assert not value.is_floating_point() or value.dtype == torch.float32, key
+    assert a["scaler"] == b["scaler"] == {}  # bf16 needs no gradient scaler
 
 
 def test_every_epoch_reports_every_key_and_checkpoints(tmp_path: Path) -> None:

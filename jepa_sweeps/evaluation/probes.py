@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa_sweeps.distributed import gather_detached, rank, world_size
+from jepa_sweeps.precision import fp32
 
 
 @torch.no_grad()
@@ -31,6 +32,7 @@ def embed(
     return gather_detached(local.float())
 
 
+@fp32  # top-k of cosine similarities: bf16 ties and reorders neighbours whose similarity differs < 2⁻⁸
 @torch.no_grad()
 def knn_accuracy(
     train: torch.Tensor,
@@ -62,6 +64,7 @@ def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+@fp32  # L-BFGS line searches compare losses that differ far below bf16's resolution
 def linear_probe_accuracy(
     train: torch.Tensor,
     train_labels: torch.Tensor,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from jepa_sweeps.distributed import all_reduce_sum, world_size
+from jepa_sweeps.precision import fp32
 
 
 class GlobalBatchNorm(nn.Module):
@@ -34,6 +35,7 @@ class GlobalBatchNorm(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features))
 
+    @fp32  # var = E[x²] − mean² cancels catastrophically in bf16; the sums over the batch need fp32
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"expected input (N, {self.num_features}, *), got {tuple(x.shape)}")

@@ -21,6 +21,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from jepa_sweeps.precision import fp32
+
 #: the objective of a trial config that names none
 DEFAULT_OBJECTIVE = "sigreg"
 
@@ -51,6 +53,7 @@ class Refusal(NamedTuple):
     problem: str
 
 
+@fp32  # views close to their centre: z − c cancels most of bf16's 8 bits before it is squared
 def invariance(z: torch.Tensor, n_global: int, target: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared distance of every view to the centre of the global views, over (V, N, K).
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from jepa_sweeps.models.norm import GlobalBatchNorm
 from jepa_sweeps.objectives.base import Objective, ObjectiveParams, register
+from jepa_sweeps.precision import fp32
 
 
 class TeacherParams(ObjectiveParams):
@@ -31,6 +32,8 @@ def teacher_momentum(base: float, step: int, total_steps: int) -> float:
     return 1 - (1 - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
+# fp32 without a wrapper: both sides are fp32 master weights and in-place lerp_ is not autocast
+# (checked in tests/test_precision.py); in bf16 the (1−m)·(s−t) steps would round away as m → 1.
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher ← m·teacher + (1−m)·student, after the optimizer step; buffers are copied."""
@@ -38,6 +41,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         t.lerp_(s.detach(), 1 - momentum)
     for t, s in zip(teacher.buffers(), student.buffers(), strict=True):
         t.copy_(s)
+
+
+# 1 − cos is small once views agree: in bf16 (cos steps of 2⁻⁸ near 1) it would be mostly rounding.
+cosine = fp32(F.cosine_similarity)
 
 
 class Teacher(nn.Module):
@@ -112,7 +119,8 @@ class EMA(WithTeacher, Objective):
         if target is None:
             raise ValueError("the ema objective needs its teacher's targets (from ``targets``)")
         v, n, k = z.shape
-        pred = self.predictor(z.reshape(v * n, k)).reshape(v, n, k)
+        # fp32: the predictor is projection-sized (cheap), and in bf16 its input gradient was ~5 % off.
+        pred = fp32(self.predictor)(z.reshape(v * n, k)).reshape(v, n, k)
         centre = target.detach().mean(0)
-        loss = (2 - 2 * F.cosine_similarity(pred, centre.expand_as(pred), dim=-1)).mean()
+        loss = (2 - 2 * cosine(pred, centre.expand_as(pred), dim=-1)).mean()
         return {"loss": loss, "inv_loss": loss, "reg_loss": torch.zeros_like(loss)}

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from jepa_sweeps.distributed import all_reduce_mean, world_size
 from jepa_sweeps.objectives.base import Weighted, WeightedParams, register
+from jepa_sweeps.precision import fp32
 
 
 def _knots(num_knots: int, t_max: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +35,7 @@ def slice_directions(dim: int, num_slices: int, step: int, like: torch.Tensor) -
     return (a / a.norm(dim=0, keepdim=True)).to(device=like.device, dtype=like.dtype)
 
 
+@fp32  # cos(t·x) at |t·x| ≫ 1 is noise with bf16's 8-bit mantissa; the ECF's mean needs fp32 sums
 def sigreg_statistic(
     x: torch.Tensor, *, num_slices: int, step: int, num_knots: int = 17, t_max: float = 3.0
 ) -> torch.Tensor:

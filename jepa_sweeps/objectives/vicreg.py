@@ -16,11 +16,13 @@ from pydantic import Field
 
 from jepa_sweeps.distributed import gather_cat
 from jepa_sweeps.objectives.base import Weighted, WeightedParams, register
+from jepa_sweeps.precision import fp32
 
 #: our parameters at which the loss is proportional to VICReg's with its 25/25/1 (2 global views)
 VICREG_25_25_1 = {"lam": 0.2, "cov_weight": 0.08}
 
 
+@fp32  # centring, var and zᵀz/(N−1) cancel large terms: bf16 leaves few correct bits of the hinge
 def variance_covariance(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """Hinge on the per-dimension std and sum of squared off-diagonal covariances / K, for
     ``z`` (V, N, K); each averaged over views."""
