@@ -178,10 +178,10 @@ def test_sweep_resolves_auto_by_its_workers_device() -> None:
     fixed = parse_spec({"name": "f", "resources": {"gpus_per_worker": 1}, "trial": {"optim": {"precision": "fp32"}}})
     from jepa_sweeps.tracking import readable_params
 
-    assert gpu.trial_config({}).optim.precision == "bf16"
-    assert readable_params(gpu.trial_config({}))["optim.precision"] == "bf16"  # the MLflow parameter
-    assert cpu.trial_config({}).optim.precision == "fp32"
-    assert fixed.trial_config({}).optim.precision == "fp32"
+    assert gpu.trial_for({}).optim.precision == "bf16"
+    assert readable_params(gpu.trial_for({}))["optim.precision"] == "bf16"  # the MLflow parameter
+    assert cpu.trial_for({}).optim.precision == "fp32"
+    assert fixed.trial_for({}).optim.precision == "fp32"
 
 
 def test_gpu_spec_dry_run_shows_its_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
