@@ -173,6 +173,7 @@ class EvalConfig(Strict):
     attention_threshold: float = Field(0.01, gt=0.0, lt=1.0, description="sparsity: CLS→patch weights below this")
     extrapolate: bool = Field(True, description="ViTs: also evaluate at 2× the training resolution")
     plots_every: int = Field(0, ge=0, description="diagnostic PNGs every k epochs too (0: only at the last)")
+    selection_alpha: float = Field(0.4, ge=0.0, le=4.0, description="α of the label-free score sel_loss / λ^α")
 
 
 # Augmentation defaults for 8×8 digits, where the natural-image defaults destroy the content:

@@ -27,6 +27,7 @@ from jepa_sweeps.distributed import all_reduce_detached, is_distributed, rank, w
 from jepa_sweeps.evaluation.attention import attention_maps, attention_metrics
 from jepa_sweeps.evaluation.diagnostics import diagnostic_pngs
 from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accuracy, rankme
+from jepa_sweeps.evaluation.selection import selection_scores
 from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
@@ -312,9 +313,9 @@ class Trainer:
             _, z = self.model.embed_views(groups)
             extra = {"target": self.teacher(globals_)} if self.teacher is not None else {}
             out = self.model.objective(z, n_global=globals_.shape[0], step=0, **extra)
-            vals = all_reduce_detached(torch.stack([out["inv_loss"], out["reg_loss"]]))
-            sums["val_inv_loss"] = sums.get("val_inv_loss", 0.0) + float(vals[0]) / len(batches)
-            sums["val_reg_loss"] = sums.get("val_reg_loss", 0.0) + float(vals[1]) / len(batches)
+            vals = all_reduce_detached(torch.stack([out["inv_loss"], out["reg_loss"], out["loss"]]))
+            for key, value in zip(("val_inv_loss", "val_reg_loss", "val_loss"), vals):
+                sums[key] = sums.get(key, 0.0) + float(value) / len(batches)
         self.model.train()
         return sums
 
@@ -338,6 +339,8 @@ class Trainer:
             "rankme": rankme(test_f),
             **self.validation_losses(),
         }
+        lam = getattr(self.model.objective, "lam", None)
+        metrics.update(selection_scores(metrics["val_loss"], lam, self.cfg.eval.selection_alpha, test_f))
         if final and self.cfg.eval.final_probe_epochs:
             with torch.enable_grad():
                 metrics["final_linear_acc"] = linear_probe_accuracy(
