@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TRIAL_TAG = "jepa.trial_id"
 STATUS_TAG = "jepa.status"
 REASON_TAG = "jepa.reason"  # why a trial diverged
+REPEATS_TAG = "jepa.repeated_suggestions"  # later suggestions of this configuration answered by this run
 PARENT_TAG = "mlflow.parentRunId"
 # Tune's bookkeeping, not training metrics.
 TUNE_KEYS = {
@@ -182,6 +183,12 @@ class SweepLogger(LoggerCallback):
         self.client.log_batch(run_id, metrics=metrics)
         if result.get("checkpoint_path"):
             upload_checkpoint_files(self.client, run_id, str(result["checkpoint_path"]))
+
+    def note_repeat(self, trial_id: str, count: int) -> None:
+        """``Search`` answered ``count`` later suggestions of this trial's configuration with its result."""
+        run_id = self.runs.get(trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, REPEATS_TAG, str(count))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self.runs.get(trial.trial_id)

@@ -5,7 +5,9 @@ Computed at every evaluation from things the trial has anyway (held-out views, e
 - ``sel_loss`` — the objective's own loss on the fixed held-out views (lower is better; the
   LeJEPA paper reports it tracks downstream accuracy for a fixed λ),
 - ``sel_loss_scaled`` — ``sel_loss / λ^α`` (lower is better), which makes losses at different λ
-  comparable; logged only for objectives with a λ > 0 (no fake value otherwise),
+  comparable; NaN for λ = 0 and objectives without λ: Tune needs the sweep metric in every
+  result, and NaN is what it is — undefined — which MLflow never receives (the logger drops
+  non-finite values) and the sweep ranks last (``sweep.Search``),
 - ``rankme`` — effective rank of the eval embeddings (higher is better; ``probes.rankme``),
 - ``isotropy`` — the sliced Epps–Pulley statistic of the standardised eval embeddings along fixed
   directions (lower is better: ≈1 for an isotropic Gaussian, ≈0.4·N for a collapsed embedding).
@@ -25,10 +27,10 @@ MODES = {"sel_loss": "min", "sel_loss_scaled": "min", "rankme": "max", "isotropy
 ISOTROPY_SEED = 20240101  # fixed directions: the statistic is comparable across epochs and trials
 
 
-def scaled_loss(loss: float, lam: float | None, alpha: float) -> float | None:
-    """``loss / λ^α``; None when λ is absent or 0 (the scaling is undefined there)."""
-    if lam is None or lam <= 0 or not math.isfinite(loss):
-        return None
+def scaled_loss(loss: float, lam: float | None, alpha: float) -> float:
+    """``loss / λ^α``; NaN when λ is absent or 0 (the scaling is undefined there)."""
+    if lam is None or lam <= 0:
+        return math.nan
     return loss / lam**alpha
 
 
@@ -54,8 +56,4 @@ def isotropy(features: torch.Tensor, num_slices: int = 256, num_knots: int = 17,
 
 def selection_scores(val_loss: float, lam: float | None, alpha: float, features: torch.Tensor) -> dict[str, float]:
     """The label-free scores of one evaluation (RankMe is logged by the caller already)."""
-    scores = {"sel_loss": val_loss, "isotropy": isotropy(features)}
-    scaled = scaled_loss(val_loss, lam, alpha)
-    if scaled is not None:
-        scores["sel_loss_scaled"] = scaled
-    return scores
+    return {"sel_loss": val_loss, "sel_loss_scaled": scaled_loss(val_loss, lam, alpha), "isotropy": isotropy(features)}
