@@ -37,6 +37,9 @@ class DataConfig(Strict):
     name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
     path: str | None = Field(None, description="dataset folder; not used by digits")
     image_size: int | None = Field(None, ge=4, le=1024, description="resize at load (imagefolder: 64)")
+    labels: Literal["auto", "none"] = Field(
+        "auto", description="none: ignore labels (label-free scores only; no kNN or linear probe)"
+    )
 
     @model_validator(mode="after")
     def _path_exists(self, info: ValidationInfo) -> DataConfig:

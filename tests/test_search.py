@@ -40,6 +40,7 @@ def test_scaled_loss_is_undefined_without_a_positive_lambda() -> None:
     assert scores["sel_loss"] == 0.5 and scores["sel_loss_scaled"] == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_every_evaluation_logs_the_selection_scores() -> None:
     from jepa_sweeps.config import TrialConfig
     from jepa_sweeps.train import LocalHooks, train
@@ -150,3 +151,65 @@ def test_replay_harness_runs_the_real_searchers_on_a_small_table(tmp_path: Path)
                         "--out", str(tmp_path)]) == 0
     text = (tmp_path / "search_results.md").read_text()
     assert "TPE + ASHA (default) | 2 |" in text and (tmp_path / "search_curves.png").stat().st_size > 1000
+
+
+# --- unlabelled data ------------------------------------------------------------------------------
+
+def _flat_folder(root: Path, n: int = 80, size: int = 16) -> Path:
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(n):
+        pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / f"img_{i:03d}.png")
+    return root
+
+
+def test_a_flat_image_folder_is_unlabelled_with_a_held_out_tenth(tmp_path: Path) -> None:
+    from jepa_sweeps.data.datasets import load_dataset
+
+    ds = load_dataset("imagefolder", _flat_folder(tmp_path / "flat"), image_size=8)
+    assert not ds.labelled and ds.num_classes == 0
+    assert (len(ds.train_images), len(ds.test_images)) == (72, 8)
+    assert bool((ds.train_labels == -1).all())
+    assert not load_dataset("digits", labels=False).labelled
+
+
+def test_unlabelled_training_reports_label_free_scores_only(tmp_path: Path) -> None:
+    from jepa_sweeps.config import TrialConfig
+    from jepa_sweeps.train import LocalHooks, train
+
+    cfg = TrialConfig.model_validate({
+        "epochs": 1, "data": {"name": "imagefolder", "path": str(_flat_folder(tmp_path / "flat")), "image_size": 8},
+        "optim": {"batch_size": 16}, "views": {"n_global": 2, "n_local": 0, "global_size": 8},
+        "eval": {"final_probe_epochs": 10}, "threads": 1,
+    })
+    hooks = LocalHooks()
+    last = train(cfg, hooks)
+    assert {"sel_loss", "sel_loss_scaled", "rankme", "isotropy"} <= set(last)
+    assert not {"knn_acc", "linear_acc", "final_linear_acc", "probe_loss"} & set(last)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_on_unlabelled_images_picks_by_a_label_free_score(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    folder = _flat_folder(tmp_path / "flat", n=120)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(JEPA_SWEEPS_HOME=str(home), RAY_AUTH_MODE="disabled")
+    command = [sys.executable, "-m", "jepa_sweeps.run", str(ROOT / "search_spaces" / "smoke.yaml"),
+               "--set", "trial.data.name=imagefolder", "--set", f"trial.data.path={folder}",
+               "--set", "trial.data.image_size=16", "--set", "trial.optim.batch_size=32",
+               "--set", "metric=sel_loss_scaled", "--set", "mode=min"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "best by sel_loss_scaled (min)" in done.stdout
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 2 and all(r.data.tags["jepa.status"] == "finished" for r in runs)
+    for run in runs:
+        assert {"sel_loss_scaled", "isotropy", "rankme"} <= set(run.data.metrics)
+        assert not {"knn_acc", "linear_acc", "final_linear_acc"} & set(run.data.metrics)

@@ -24,6 +24,7 @@ import torch
 from jepa_sweeps.objectives.sigreg import slice_directions
 
 MODES = {"sel_loss": "min", "sel_loss_scaled": "min", "rankme": "max", "isotropy": "min"}
+NEEDS_LABELS = ("knn_acc", "linear_acc", "final_linear_acc", "knn_acc_2x")  # absent for unlabelled data
 ISOTROPY_SEED = 20240101  # fixed directions: the statistic is comparable across epochs and trials
 
 
