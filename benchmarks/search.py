@@ -119,6 +119,7 @@ class Method:
     metric: str = "knn_acc"
     mode: str = "max"
     samples: int | None = None  # None: lambda.yaml's num_samples (the grid: every λ once)
+    points: bool = True  # lambda.yaml's explicit points first
 
 
 def spec_for(method: Method, seed: int, samples: int | None) -> Any:
@@ -128,6 +129,8 @@ def spec_for(method: Method, seed: int, samples: int | None) -> Any:
                  f"mode={method.mode}"]
     if samples is not None:
         overrides.append(f"num_samples={samples}")
+    if not method.points:
+        overrides.append("points=[]")
     return load_spec(SPEC, overrides)
 
 
@@ -245,6 +248,10 @@ def run_one(job: tuple[Path, Method, int, int, float]) -> tuple[str, int, int, l
     return method.name, slots, seed, simulate(Table.load(path), method, slots, seed, startup)
 
 
+def _n(x: float) -> str:
+    return f"{x:.0f}" if math.isfinite(x) else "never"
+
+
 def at(curve: list[tuple[float, float, float]], xs: np.ndarray, axis: int) -> np.ndarray:
     """The best-so-far true score at each compute level ``xs`` (step function; NaN before the first result)."""
     xs_curve = np.array([c[axis] for c in curve])
@@ -289,6 +296,7 @@ def methods(samples: int | None) -> list[Method]:
         Method("random + ASHA", "random", "asha", samples=samples),
         Method("TPE + FIFO", "tpe", "fifo", samples=samples),
         Method("TPE + ASHA (default)", "tpe", "asha", samples=samples),
+        Method("TPE + ASHA, no points", "tpe", "asha", samples=samples, points=False),
     ]
 
 
@@ -348,15 +356,15 @@ def replay(path: Path, seeds: int, slots: list[int], samples: int | None, startu
                 continue
             e = np.array([first_within(c, threshold, 0) for c in cs])
             t = np.array([first_within(c, threshold, 1) for c in cs])
-            q1, med, q3 = np.percentile(e, [25, 50, 75])
+            q1, med, q3 = np.percentile(e, [25, 50, 75], method="higher")  # inf: never within target
             used = float(np.median([c[-1][0] for c in cs]))
             final = float(np.nanmean([c[-1][2] for c in cs]))
-            tmed = float(np.median(t))
+            tmed = float(np.percentile(t, 50, method="higher"))
             summary[f"{m.name} @{k}"] = {"epochs_median": med, "ratio": med / grid_epochs, "time_median": tmed,
                                          "time_ratio": tmed / grid_time[k], "reached": int(np.isfinite(e).sum()),
                                          "epochs_used": used, "final_true": final}
-            lines.append(f"| {m.name} | {k} | {med:.0f} [{q1:.0f}–{q3:.0f}] | {med / grid_epochs:.2f} | "
-                         f"{tmed:.0f} s | {tmed / grid_time[k]:.2f} | {int(np.isfinite(e).sum())}/{len(cs)} | "
+            lines.append(f"| {m.name} | {k} | {_n(med)} [{_n(q1)}–{_n(q3)}] | {med / grid_epochs:.2f} | "
+                         f"{_n(tmed)} s | {tmed / grid_time[k]:.2f} | {int(np.isfinite(e).sum())}/{len(cs)} | "
                          f"{used:.0f} | {100 * final:.2f} |")
 
     # Label-free scores against the final linear accuracy over the table's configurations.
