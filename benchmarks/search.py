@@ -360,7 +360,7 @@ def replay(path: Path, seeds: int, slots: list[int], samples: int | None, startu
             used = float(np.median([c[-1][0] for c in cs]))
             final = float(np.nanmean([c[-1][2] for c in cs]))
             tmed = float(np.percentile(t, 50, method="higher"))
-            summary[f"{m.name} @{k}"] = {"epochs_median": med, "ratio": med / grid_epochs, "time_median": tmed,
+            summary[f"{m.name} @{k}"] = {"epochs_median": float(med), "ratio": float(med / grid_epochs), "time_median": tmed,
                                          "time_ratio": tmed / grid_time[k], "reached": int(np.isfinite(e).sum()),
                                          "epochs_used": used, "final_true": final}
             lines.append(f"| {m.name} | {k} | {_n(med)} [{_n(q1)}–{_n(q3)}] | {med / grid_epochs:.2f} | "

@@ -25,7 +25,7 @@ def sweep_row(seeds: int, workdir: Path, table: Path = TABLE, jobs: int = 2) -> 
 def search_row(summary: dict, seeds: int) -> Row:
     four, one = summary[f"{DEFAULT} @4"], summary[f"{DEFAULT} @1"]
     grid = summary["grid_epochs"]
-    ratio = four["ratio"]
+    ratio = float(four["ratio"])
     notes = [
         f"{seeds} search seeds; full grid {grid} epochs; at 4 slots TPE + ASHA reached the target in "
         f"{four['reached']}/{seeds} seeds (median {four['epochs_median']:.0f} epochs, {four['epochs_used']:.0f} used "
