@@ -67,7 +67,7 @@ def _two_value_spec(**extra: object) -> SweepSpec:
     })
 
 
-def test_search_answers_repeats_with_the_earlier_result_and_waits_for_running_ones() -> None:
+def test_search_answers_repeats_with_the_earlier_result_and_waits_for_running_ones(tmp_path: Path) -> None:
     search = searcher(_two_value_spec())
     heard: list[tuple[str, int]] = []
     search.on_repeat = lambda trial_id, count: heard.append((trial_id, count))
@@ -82,8 +82,12 @@ def test_search_answers_repeats_with_the_earlier_result_and_waits_for_running_on
     by_lam = {0.02: 0.5, 0.2: 0.7} if first["objective.lam"] == 0.02 else {0.02: 0.7, 0.2: 0.5}
     assert all(t.value == by_lam[t.params["objective.lam"]] for t in study)
     assert sum(search.repeats.values()) == 3 and len(heard) == 3
-    restored = pickle.loads(pickle.dumps(search))  # Tuner checkpoints it with plain pickle
+    restored = pickle.loads(pickle.dumps(search))  # the Tuner pickles it whole (tuner.pkl)
     assert restored.on_repeat is None and restored.repeats == search.repeats
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's experiment checkpoint, then Tuner.restore
+    fresh = Search()
+    fresh.restore(str(tmp_path / "searcher.pkl"))
+    assert fresh.repeats == search.repeats and fresh.results == search.results and fresh.on_repeat is None
 
 
 def test_a_failed_trial_may_be_trained_again() -> None:
@@ -213,3 +217,15 @@ def test_smoke_sweep_on_unlabelled_images_picks_by_a_label_free_score(tmp_path: 
     for run in runs:
         assert {"sel_loss_scaled", "isotropy", "rankme"} <= set(run.data.metrics)
         assert not {"knn_acc", "linear_acc", "final_linear_acc"} & set(run.data.metrics)
+
+
+def test_spec_refuses_a_wrong_mode_or_a_labelled_metric_on_unlabelled_data(tmp_path: Path) -> None:
+    base = {"name": "x", "trial": {"epochs": 1}}
+    with pytest.raises(ValueError, match="mode='max': isotropy is better lower"):
+        SweepSpec.model_validate({**base, "metric": "isotropy", "mode": "max"})
+    with pytest.raises(ValueError, match="metric='knn_acc': needs labels"):
+        SweepSpec.model_validate({**base, "trial": {"data": {"labels": "none"}}})
+    flat = {"data": {"name": "imagefolder", "path": str(_flat_folder(tmp_path / "flat", n=3))}}
+    with pytest.raises(ValueError, match="metric='linear_acc': needs labels"):
+        SweepSpec.model_validate({**base, "trial": flat, "metric": "linear_acc"})
+    assert SweepSpec.model_validate({**base, "trial": flat, "metric": "rankme"}).metric == "rankme"
