@@ -21,7 +21,9 @@ epoch costs its measured seconds in the table (the first includes building model
 trial start-up ``--startup`` seconds more (default 20 s ≈ row 1b's measured Ray start-up per trial).
 The chosen configuration at any moment is the trial with the best *last reported* sweep metric, as
 Tune and the run summary rank them; its *true* score is the table's seed-mean final linear-probe
-accuracy of its λ. Nothing here re-implements TPE or ASHA.
+accuracy of its λ. The compute to target is the compute from which on the chosen configuration stays
+within 0.5 points of the grid's best (the table's best seed-mean) until the sweep ends. Nothing here
+re-implements TPE or ASHA.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ class Table:
         return max(len(r) for r in self.runs.values())
 
     def final(self, lam: float, key: str) -> float:
-        """Seed-mean of ``key`` at the last epoch."""
-        return float(np.nanmean([self.runs[(lam, s)][-1][key] for s in self.seeds(lam)]))
+        """Seed-mean of ``key`` at the last epoch (NaN where undefined: ``sel_loss_scaled`` at λ = 0)."""
+        values = [self.runs[(lam, s)][-1][key] for s in self.seeds(lam)]
+        finite = [v for v in values if math.isfinite(v)]
+        return float(np.mean(finite)) if finite else math.nan
 
     @property
     def true(self) -> dict[float, float]:
