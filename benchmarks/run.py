@@ -28,14 +28,14 @@ FULL = {
     "overhead": {"epochs": 8, "rounds": 4, "baseline_after": True},
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
     "step": {"nano_batch": 128, "nano_reps": 3, "cnn_reps": 20, "objective_reps": 20, "matmul_n": 4096},
-    "sweeps": {"samples": 6, "epochs": 6, "grace": 1, "reduction": 3},
+    "sweeps": {"seeds": 20},
     "precision": {"batch": 128, "cuda_batch": 512, "reps": 3},
 }
 QUICK = {
     "overhead": {"epochs": 3, "rounds": 1, "baseline_after": False},
     "pipeline": {"batch": 256, "batches": 2, "reps": 3},
     "step": {"nano_batch": 16, "nano_reps": 2, "cnn_reps": 5, "objective_reps": 5, "matmul_n": 2048},
-    "sweeps": {"samples": 3, "epochs": 2, "grace": 1, "reduction": 3},
+    "sweeps": {"seeds": 4},
     "precision": {"batch": 16, "cuda_batch": 64, "reps": 2},
 }
 # Which measurement produces which rows (one measurement can feed several rows).

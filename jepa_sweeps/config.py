@@ -37,6 +37,9 @@ class DataConfig(Strict):
     name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
     path: str | None = Field(None, description="dataset folder; not used by digits")
     image_size: int | None = Field(None, ge=4, le=1024, description="resize at load (imagefolder: 64)")
+    labels: Literal["auto", "none"] = Field(
+        "auto", description="none: ignore labels (label-free scores only; no kNN or linear probe)"
+    )
 
     @model_validator(mode="after")
     def _path_exists(self, info: ValidationInfo) -> DataConfig:
@@ -176,6 +179,7 @@ class EvalConfig(Strict):
     attention_threshold: float = Field(0.01, gt=0.0, lt=1.0, description="sparsity: CLS→patch weights below this")
     extrapolate: bool = Field(True, description="ViTs: also evaluate at 2× the training resolution")
     plots_every: int = Field(0, ge=0, description="diagnostic PNGs every k epochs too (0: only at the last)")
+    selection_alpha: float = Field(0.4, ge=0.0, le=4.0, description="α of the label-free score sel_loss / λ^α")
 
 
 # Augmentation defaults for 8×8 digits, where the natural-image defaults destroy the content:

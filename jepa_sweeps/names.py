@@ -15,6 +15,7 @@ BEST_RUN_TAG = "jepa.best_run_id"
 TRIAL_TAG = "jepa.trial_id"  # the Tune trial id of a child run
 STATUS_TAG = "jepa.status"
 REASON_TAG = "jepa.reason"  # why a trial diverged
+REPEATS_TAG = "jepa.repeated_suggestions"  # later suggestions of this configuration answered by this run
 ERROR_TAG = "jepa.error"  # the last line of a failed trial's error
 
 # -- values of STATUS_TAG ------------------------------------------------------------------------

@@ -21,6 +21,8 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
+from jepa_sweeps.data.datasets import is_flat_folder
+from jepa_sweeps.evaluation.selection import MODES, NEEDS_LABELS
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY, has_param
 from jepa_sweeps.precision import resolve
 
@@ -276,11 +278,22 @@ class SweepSpec(Strict):
         if len(self.points) > self.num_samples:
             raise ValueError(f"points: {len(self.points)} points, more than num_samples={self.num_samples}")
         try:
-            TrialConfig.model_validate(self.base_trial())
+            base = TrialConfig.model_validate(self.base_trial())
         except ValidationError as err:
             raise ValueError(describe(err, prefix="trial")) from None
+        self._check_metric(base)
         self._check_search()
         return self
+
+    def _check_metric(self, base: TrialConfig) -> None:
+        """Label-free scores have a fixed better direction; labelled metrics need labelled data."""
+        if self.metric in MODES and self.mode != MODES[self.metric]:
+            raise BadValue("mode", self.mode, f"{self.metric} is better {'higher' if MODES[self.metric] == 'max' else 'lower'}: "
+                           f"set mode: {MODES[self.metric]}")
+        data = base.data
+        unlabelled = data.labels == "none" or (data.name == "imagefolder" and is_flat_folder(data.path))
+        if unlabelled and self.metric in NEEDS_LABELS:
+            raise BadValue("metric", self.metric, f"needs labels, and the data has none: use one of {', '.join(MODES)}")
 
     def _objective_names(self) -> list[str]:
         dist = self.search.get("objective.name")

@@ -7,6 +7,7 @@ records the spec digest, the parent MLflow run and the tracking store.
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,11 @@ from urllib.parse import urlparse
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import Repeater
+from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from jepa_sweeps import names
-from jepa_sweeps.space import SearchSpace
+from jepa_sweeps.space import SearchSpace, trial_params
 from jepa_sweeps.spec import SweepSpec, redact
 from jepa_sweeps.storage import (
     TUNE_FOLDER,
@@ -35,22 +36,95 @@ from jepa_sweeps.trial import run_trial
 
 
 class Search(OptunaSearch):
-    """``OptunaSearch`` that tells Optuna a diverged trial (sweep metric NaN) as the worst value.
+    """``OptunaSearch`` that never trains one configuration twice, and tells Optuna a diverged
+    trial (sweep metric NaN) as the worst value.
 
     Stock ``OptunaSearch`` passes the NaN to ``study.tell``, which Optuna refuses: Ray logs a
     warning and the trial stays RUNNING, unseen by TPE. As the worst value it joins TPE's bad group.
+
+    A suggestion whose validated trial config equals an earlier trial's (the configs MLflow logs)
+    is answered with that trial's result — told to Optuna, counted against ``num_samples``, no new
+    trial — and ``on_repeat(trial_id, count)`` (the MLflow callback; not pickled) hears of it.
+    While that earlier trial still runs, no suggestion is made: the repeat waits for its result.
+    A failed trial is forgotten, so its configuration may be suggested and trained again.
     """
+
+    def __init__(self, *args: Any, spec: SweepSpec | None = None, num_samples: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.spec, self.num_samples = spec, num_samples
+        self.suggested = 0  # trials started plus repeats answered
+        self.trial_keys: dict[str, str] = {}  # trial id -> config key
+        self.first: dict[str, str] = {}  # config key -> the trial that trains it
+        self.results: dict[str, float] = {}  # trial id -> value told to Optuna
+        self.waiting: dict[str, list[Any]] = {}  # running trial id -> Optuna trials repeating it
+        self.repeats: dict[str, int] = {}  # trial id -> repeated suggestions answered by it
+        self.on_repeat: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "on_repeat"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("on_repeat", None)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def config_key(self, config: dict[str, Any]) -> str:
+        cfg = self.spec.trial_config(trial_params(config), check_paths=False)
+        return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.spec is None:
+            return super().suggest(trial_id)
+        while True:
+            if any(self.waiting.values()):
+                return None
+            if self.num_samples is not None and self.suggested >= self.num_samples:
+                return Searcher.FINISHED
+            config = super().suggest(trial_id)
+            key = self.config_key(config)
+            self.suggested += 1
+            earlier = self.first.get(key)
+            if earlier is None:
+                self.first[key], self.trial_keys[trial_id] = trial_id, key
+                return config
+            ot_trial = self._ot_trials.pop(trial_id)
+            if earlier in self.results:
+                self._tell_repeat(ot_trial, earlier)
+            else:
+                self.waiting.setdefault(earlier, []).append(ot_trial)
+
+    def _tell_repeat(self, ot_trial: Any, earlier: str) -> None:
+        self._ot_study.tell(ot_trial, self.results[earlier])
+        self.repeats[earlier] = self.repeats.get(earlier, 0) + 1
+        if self.on_repeat is not None:
+            self.on_repeat(earlier, self.repeats[earlier])
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         value = (result or {}).get(self.metric)
         if isinstance(value, float) and math.isnan(value):
-            result = {**result, self.metric: -math.inf if self.mode == "max" else math.inf}
+            value = -math.inf if self.mode == "max" else math.inf
+            result = {**result, self.metric: value}
         super().on_trial_complete(trial_id, result, error)
+        if trial_id not in self.trial_keys:
+            return
+        if error or value is None:  # nothing to answer a repeat with: the configuration may run again
+            self.first.pop(self.trial_keys[trial_id], None)
+            for ot_trial in self.waiting.pop(trial_id, []):
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+            return
+        self.results[trial_id] = float(value)
+        for ot_trial in self.waiting.pop(trial_id, []):
+            self._tell_repeat(ot_trial, trial_id)
 
 
 def searcher(spec: SweepSpec) -> Any:
     space = SearchSpace(spec)
     search = Search(
+        spec=spec,
+        num_samples=spec.num_samples,
         space=space,
         metric=spec.metric,
         mode=spec.mode,
@@ -148,7 +222,18 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
         "tracking": tracking_record(loc.tracking_uri),
     })
     logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
-    return Session(build_tuner(spec, loc, [logger]), client, experiment_id, parent)
+    tuner = build_tuner(spec, loc, [logger])
+    search = _search_of(tuner)
+    if search is not None:
+        search.on_repeat = logger.note_repeat
+    return Session(tuner, client, experiment_id, parent)
+
+
+def _search_of(tuner: tune.Tuner) -> Search | None:
+    """The ``Search`` this tuner will drive, new or restored (Tune keeps it in its tune config)."""
+    alg = tuner._local_tuner._tune_config.search_alg
+    alg = getattr(alg, "searcher", alg)  # inside a Repeater when seeds > 1
+    return alg if isinstance(alg, Search) else None
 
 
 def _run_exists(client: Any, run_id: str) -> bool:

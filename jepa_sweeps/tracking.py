@@ -27,7 +27,7 @@ from ray.tune.logger import LoggerCallback
 
 from jepa_sweeps import names
 from jepa_sweeps.config import TrialConfig
-from jepa_sweeps.names import PARENT_TAG, STATUS_TAG, TRIAL_TAG
+from jepa_sweeps.names import PARENT_TAG, REPEATS_TAG, STATUS_TAG, TRIAL_TAG
 from jepa_sweeps.retry import BufferedClient
 from jepa_sweeps.spec import SweepSpec, redact
 from jepa_sweeps.storage import filesystem
@@ -182,6 +182,12 @@ class SweepLogger(LoggerCallback):
         self.client.log_batch(run_id, metrics=metrics)
         if result.get("checkpoint_path"):
             upload_checkpoint_files(self.client, run_id, str(result["checkpoint_path"]))
+
+    def note_repeat(self, trial_id: str, count: int) -> None:
+        """``Search`` answered ``count`` later suggestions of this trial's configuration with its result."""
+        run_id = self.runs.get(trial_id)
+        if run_id is not None:
+            self.client.set_tag(run_id, REPEATS_TAG, str(count))
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         run_id = self.runs.get(trial.trial_id)

@@ -26,6 +26,7 @@ from jepa_sweeps.distributed import all_reduce_detached, is_distributed, rank, w
 from jepa_sweeps.evaluation.attention import attention_maps, attention_metrics
 from jepa_sweeps.evaluation.diagnostics import diagnostic_pngs
 from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accuracy, rankme
+from jepa_sweeps.evaluation.selection import selection_scores
 from jepa_sweeps.models import build_encoder, supports_attention
 from jepa_sweeps.models.projector import Projector
 from jepa_sweeps.objectives import Objective, build
@@ -100,7 +101,8 @@ class Interrupted(Exception):
 
 
 class LeJEPA(nn.Module):
-    """Backbone → projector → objective, plus the online linear probe on detached features.
+    """Backbone → projector → objective, plus the online linear probe on detached features
+    (none for unlabelled data: ``num_classes`` 0).
 
     One module, so DDP wraps a single forward and averages every gradient (probe and the
     objective's own layers included), and one ``state_dict`` holds the objective's state.
@@ -109,12 +111,13 @@ class LeJEPA(nn.Module):
     def __init__(self, backbone: nn.Module, projector: nn.Module, objective: Objective, num_classes: int):
         super().__init__()
         self.backbone, self.projector, self.objective = backbone, projector, objective
-        self.probe = nn.Sequential(nn.LayerNorm(backbone.embed_dim), nn.Linear(backbone.embed_dim, num_classes))
+        d = backbone.embed_dim
+        self.probe = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes)) if num_classes else None
         objective.setup(backbone, projector)
 
     def embed_views(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features (V, N, D) and projections (V, N, K) of view groups (V_i, N, C, S_i, S_i)."""
-        dtype = self.probe[1].weight.dtype  # views are float32; the model may run in float64 (tests)
+        dtype = next(self.projector.parameters()).dtype  # views are float32; the model may run in float64 (tests)
         feats = [self.backbone(g.to(dtype).flatten(0, 1)).unflatten(0, g.shape[:2]) for g in groups]
         h = torch.cat(feats)
         return h, self.projector(h.flatten(0, 1)).unflatten(0, h.shape[:2])
@@ -128,9 +131,11 @@ class LeJEPA(nn.Module):
     def forward(self, groups: list[torch.Tensor], labels: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         n_global = groups[0].shape[0]
         h, z, out = self.losses(groups, step)
-        logits = self.probe(h[:n_global].detach().flatten(0, 1))
-        out["probe_loss"] = F.cross_entropy(logits, labels.repeat(n_global))
-        out["total"] = out["loss"] + out["probe_loss"]
+        out["total"] = out["loss"]
+        if self.probe is not None:
+            logits = self.probe(h[:n_global].detach().flatten(0, 1))
+            out["probe_loss"] = F.cross_entropy(logits, labels.repeat(n_global))
+            out["total"] = out["total"] + out["probe_loss"]
         out["z_std"] = z.detach().std(dim=1).mean()
         return out
 
@@ -180,7 +185,8 @@ def make_optimizer(cfg: TrialConfig, model: LeJEPA) -> torch.optim.Optimizer:
         [
             {"params": decay, "weight_decay": cfg.optim.weight_decay, "kind": "model"},
             {"params": no_decay, "weight_decay": 0.0, "kind": "model"},
-            {"params": list(model.probe.parameters()), "weight_decay": 0.0, "lr": cfg.optim.probe_lr, "kind": "probe"},
+            {"params": list(model.probe.parameters()) if model.probe is not None else [], "weight_decay": 0.0,
+             "lr": cfg.optim.probe_lr, "kind": "probe"},
         ],
         lr=cfg.optim.scaled_lr(),
     )
@@ -207,7 +213,7 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = hooks.device
-        self.data = load_dataset(cfg.data.name, cfg.data.path, cfg.data.image_size)
+        self.data = load_dataset(cfg.data.name, cfg.data.path, cfg.data.image_size, cfg.data.labels != "none")
         self.train_x = self.data.train_images.to(device)
         self.train_y = self.data.train_labels.to(device)
         self.test_x = self.data.test_images.to(device)
@@ -292,9 +298,9 @@ class Trainer:
             globals_, locals_ = self.views(self.test_x[idx], idx, VAL_EPOCH_KEY)
             groups = [globals_] if locals_ is None else [globals_, locals_]
             _, _, out = self.model.losses(groups, step=0)
-            vals = all_reduce_detached(torch.stack([out["inv_loss"], out["reg_loss"]]))
-            sums["val_inv_loss"] = sums.get("val_inv_loss", 0.0) + float(vals[0]) / len(batches)
-            sums["val_reg_loss"] = sums.get("val_reg_loss", 0.0) + float(vals[1]) / len(batches)
+            vals = all_reduce_detached(torch.stack([out["inv_loss"], out["reg_loss"], out["loss"]]))
+            for key, value in zip(("val_inv_loss", "val_reg_loss", "val_loss"), vals):
+                sums[key] = sums.get(key, 0.0) + float(value) / len(batches)
         self.model.train()
         return sums
 
@@ -307,18 +313,19 @@ class Trainer:
 
         train_f = embed(self.model.backbone, self.train_x, prepare)
         test_f = embed(self.model.backbone, self.test_x, prepare)
-        self.model.probe.eval()
-        probe_pred = self.model.probe(test_f).argmax(1)
-        self.model.probe.train()
-        metrics = {
-            "knn_acc": knn_accuracy(
+        labelled = self.data.labelled
+        metrics = {"rankme": rankme(test_f), **self.validation_losses()}
+        lam = getattr(self.model.objective, "lam", None)
+        metrics.update(selection_scores(metrics["val_loss"], lam, self.cfg.eval.selection_alpha, test_f))
+        if labelled:
+            self.model.probe.eval()
+            probe_pred = self.model.probe(test_f).argmax(1)
+            self.model.probe.train()
+            metrics["knn_acc"] = knn_accuracy(
                 train_f, self.train_y, test_f, self.test_y, self.cfg.eval.knn_k, self.cfg.eval.knn_temperature
-            ),
-            "linear_acc": float((probe_pred == self.test_y).float().mean()),
-            "rankme": rankme(test_f),
-            **self.validation_losses(),
-        }
-        if final and self.cfg.eval.final_probe_epochs:
+            )
+            metrics["linear_acc"] = float((probe_pred == self.test_y).float().mean())
+        if labelled and final and self.cfg.eval.final_probe_epochs:
             with torch.enable_grad():
                 metrics["final_linear_acc"] = linear_probe_accuracy(
                     train_f, self.train_y, test_f, self.test_y, iterations=self.cfg.eval.final_probe_epochs
@@ -329,7 +336,7 @@ class Trainer:
         fixed = self.test_x[: ev.attention_images]
         prepares = {"": prepare}
         if supports_attention(backbone):
-            if ev.extrapolate:
+            if ev.extrapolate and labelled:
                 prepares["_2x"] = lambda x: resize_normalise(x, 2 * size, mean, std)
                 train_2x, test_2x = (embed(backbone, x, prepares["_2x"]) for x in (self.train_x, self.test_x))
                 metrics["knn_acc_2x"] = knn_accuracy(
@@ -371,7 +378,7 @@ class Trainer:
                 self.hooks.report(dict(last), None)
                 return last
             final = self.epoch == cfg.epochs
-            if self.epoch % cfg.eval.every == 0 or final or "knn_acc" not in self.metrics:
+            if self.epoch % cfg.eval.every == 0 or final or "rankme" not in self.metrics:
                 self.metrics.update(self.evaluate(final))
             self.metrics.update(
                 {k: float(v) / len(batches) for k, v in sums.items()},

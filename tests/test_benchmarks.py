@@ -15,7 +15,7 @@ from benchmarks import run as bench
 from benchmarks.common import StealMeter
 from benchmarks.overhead import RequestCounter, overhead_rows, throughput_row
 from benchmarks.plain import Run, first_epoch_start
-from benchmarks.sweeps import compare, sweep_spec
+from benchmarks.sweeps import search_row
 from jepa_sweeps.config import TrialConfig
 
 TINY = {
@@ -23,7 +23,7 @@ TINY = {
     "pipeline": {"batch": 8, "batches": 1, "reps": 1},
     "step": {"nano_batch": 2, "nano_reps": 1, "cnn_reps": 1, "objective_reps": 1, "matmul_n": 64,
              "nano_overrides": {"dim": 32, "depth": 1, "heads": 2}},
-    "sweeps": {"samples": 3, "epochs": 2, "grace": 1, "reduction": 3},
+    "sweeps": {"seeds": 2},
 }
 
 
@@ -143,18 +143,13 @@ def test_request_counter_attributes_requests_to_phases() -> None:
     assert counter.requests == {("result", "GET api/x"): 3}
 
 
-def test_sweep_comparison_counts_epochs_and_points(tmp_path: Path) -> None:
-    for scheduler in ("asha", "fifo"):
-        spec = sweep_spec(scheduler, **TINY["sweeps"], workdir=tmp_path)
-        assert spec.scheduler.name == scheduler and spec.num_samples == 3 and spec.optuna.seed == 0
-    results = {
-        "asha": [{"epoch": 6, "knn_acc": 0.93}, {"epoch": 1, "knn_acc": 0.80}, {"epoch": 3, "knn_acc": 0.90}],
-        "fifo": [{"epoch": 6, "knn_acc": 0.94}, {"epoch": 6, "knn_acc": 0.85}, {"epoch": 6, "knn_acc": 0.92}],
-    }
-    row = compare(results, "knn_acc", samples=3, epochs=6, grace=1, reduction=3)
-    assert row.value == pytest.approx(10 / 18)
-    assert row.details["gap_points"] == pytest.approx(1.0)
-    assert row.passed is False  # 0.56 > 0.5
+def test_search_row_reads_the_default_method_at_four_slots() -> None:
+    summary = {"grid_epochs": 170,
+               "TPE + ASHA (default) @4": {"ratio": 40 / 170, "reached": 20, "epochs_median": 40, "epochs_used": 60},
+               "TPE + ASHA (default) @1": {"ratio": 80 / 170, "reached": 18, "epochs_median": 80, "epochs_used": 70}}
+    row = search_row(summary, seeds=20)
+    assert row.id == "5" and row.value == pytest.approx(40 / 170) and row.passed is True
+    assert "0.47× the grid" in row.notes[0]
 
 
 def test_precision_row_times_every_precision_of_the_step() -> None:

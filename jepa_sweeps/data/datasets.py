@@ -41,7 +41,8 @@ class DataError(ValueError):
 
 @dataclass(frozen=True, eq=False)  # eq=False: a field-wise == on tensors cannot give one bool
 class ImageDataset:
-    """A labelled train/test pair, ready to be indexed into batches."""
+    """A train/test pair, ready to be indexed into batches. Unlabelled data has ``num_classes`` 0
+    and every label -1 (``labelled`` is False): only label-free evaluation applies."""
 
     name: str
     train_images: torch.Tensor  # uint8, (N, C, H, W), contiguous
@@ -62,6 +63,10 @@ class ImageDataset:
                 raise ValueError(f"{self.name}: {split} images must be square and match the train shape")
             if labels.dtype != torch.int64 or labels.shape != (len(images),):
                 raise ValueError(f"{self.name}: {split} labels must be int64 of shape ({len(images)},)")
+
+    @property
+    def labelled(self) -> bool:
+        return self.num_classes > 0
 
     @property
     def channels(self) -> int:
@@ -96,9 +101,11 @@ class ImageDataset:
 
 
 def load_dataset(
-    name: str, path: str | os.PathLike[str] | None = None, image_size: int | None = None
+    name: str, path: str | os.PathLike[str] | None = None, image_size: int | None = None, labels: bool = True
 ) -> ImageDataset:
-    """Load a whole dataset into memory; `image_size` resizes every image once, here."""
+    """Load a whole dataset into memory; `image_size` resizes every image once, here.
+
+    ``labels=False`` drops the labels (as for a flat image folder, which has none)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if image_size is not None and (
@@ -114,6 +121,8 @@ def load_dataset(
     else:
         arrays = _cifar(name, _root(name, path))
     train_x, train_y, test_x, test_y, num_classes = arrays
+    if not labels:
+        train_y, test_y, num_classes = np.full(len(train_x), -1), np.full(len(test_x), -1), 0
     return ImageDataset(
         name=name,
         train_images=_image_tensor(train_x, image_size),
@@ -319,8 +328,12 @@ def _read_bytes(file: Path) -> np.ndarray:
 def _imagefolder(root: Path, size: int) -> _Arrays:
     train_dir = root / "train"
     test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
+    if is_flat_folder(root):
+        return _flat_folder(root, size)
     if not train_dir.is_dir() or test_dir is None:
-        raise DataError(f"imagefolder: expected train/ and val/ (or test/) folders in {root}")
+        raise DataError(
+            f"imagefolder: expected train/ and val/ (or test/) folders, or a flat folder of images, in {root}"
+        )
     classes = _class_names(train_dir)
     test_classes = _class_names(test_dir)
     if classes != test_classes:
@@ -333,6 +346,29 @@ def _imagefolder(root: Path, size: int) -> _Arrays:
     train_x, train_y = _folder_split(train_dir, classes, size)
     test_x, test_y = _folder_split(test_dir, classes, size)
     return train_x, train_y, test_x, test_y, len(classes)
+
+
+def is_flat_folder(path: str | os.PathLike[str]) -> bool:
+    """An ``imagefolder`` path holding images directly and no train/ split: unlabelled data."""
+    root = Path(path).expanduser()
+    return root.is_dir() and not (root / "train").is_dir() and bool(_image_files(root))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _flat_folder(root: Path, size: int) -> _Arrays:
+    """Unlabelled images directly in ``root``: every 10th file (in name order) is held out for
+    the label-free evaluation, the rest train."""
+    files = _image_files(root)
+    if len(files) < 2:
+        raise DataError(f"imagefolder: {root} holds {len(files)} image(s); a flat folder needs at least 2")
+    held_out = set(range(0, len(files), 10))
+    images = np.stack([_read_image(f, size).transpose(2, 0, 1) for f in files])
+    test = np.array(sorted(held_out))
+    train = np.array([i for i in range(len(files)) if i not in held_out])
+    return images[train], np.full(len(train), -1), images[test], np.full(len(test), -1), 0
 
 
 def _class_names(split_dir: Path) -> list[str]:
