@@ -315,7 +315,7 @@ class Trainer:
         test_f = embed(self.model.backbone, self.test_x, prepare)
         labelled = self.data.labelled
         metrics = {"rankme": rankme(test_f), **self.validation_losses()}
-        lam = getattr(self.model.objective, "lam", None)
+        lam = getattr(self.cfg.objective, "lam", None)  # λ-form objectives only
         metrics.update(selection_scores(metrics["val_loss"], lam, self.cfg.eval.selection_alpha, test_f))
         if labelled:
             self.model.probe.eval()

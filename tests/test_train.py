@@ -138,6 +138,9 @@ def test_every_epoch_reports_every_key_and_checkpoints(tmp_path: Path) -> None:
     val = [r["val_inv_loss"] for r in hooks.reports]
     assert val[1] == val[0] and len({val[0], val[2], val[3]}) == 3
     assert "final_linear_acc" in final and 0.0 <= final["final_linear_acc"] <= 1.0
+    # the default objective has a λ, so its scaled label-free loss is defined: loss / λ^α
+    lam, alpha = cfg.objective.lam, cfg.eval.selection_alpha
+    assert math.isclose(final["sel_loss_scaled"], final["sel_loss"] / lam**alpha, rel_tol=1e-9)
     state = torch.load(tmp_path / "state.pt", weights_only=True)
     assert state["epoch"] == 4 and (tmp_path / "encoder.pt").exists()
 
