@@ -1,6 +1,6 @@
 """``python -m benchmarks.run [--quick] [--only ROW ...] [--out FILE] | --markdown``
 
-Runs the six benchmark rows, prints measured value, target and pass/fail, and writes
+Runs the benchmark rows, prints measured value, target and pass/fail, and writes
 ``benchmarks/results.json`` (rows of earlier runs that ``--only`` skipped are kept, each with its
 own date). ``--markdown`` prints the saved results as the table the README shows.
 """
@@ -21,7 +21,7 @@ from typing import Any, Callable
 from benchmarks.common import Row, load_average, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ROWS = ("1", "2", "3", "4", "5", "6")
+ROWS = ("1", "2", "3", "4", "5", "6", "7")
 
 # Sizes of each measurement: the full run (≈20 min on 2 idle cores) and --quick.
 FULL = {
@@ -29,15 +29,17 @@ FULL = {
     "pipeline": {"batch": 256, "batches": 6, "reps": 10},
     "step": {"nano_batch": 128, "nano_reps": 3, "cnn_reps": 20, "objective_reps": 20, "matmul_n": 4096},
     "sweeps": {"samples": 6, "epochs": 6, "grace": 1, "reduction": 3},
+    "makespan": {"overrides": ()},
 }
 QUICK = {
     "overhead": {"epochs": 3, "rounds": 1, "baseline_after": False},
     "pipeline": {"batch": 256, "batches": 2, "reps": 3},
     "step": {"nano_batch": 16, "nano_reps": 2, "cnn_reps": 5, "objective_reps": 5, "matmul_n": 2048},
     "sweeps": {"samples": 3, "epochs": 2, "grace": 1, "reduction": 3},
+    "makespan": {"overrides": ("num_samples=3", "epochs=2")},
 }
 # Which measurement produces which rows (one measurement can feed several rows).
-GROUPS = {"overhead": {"1", "6"}, "pipeline": {"2"}, "step": {"2", "3", "4"}, "sweeps": {"5"}}
+GROUPS = {"overhead": {"1", "6"}, "pipeline": {"2"}, "step": {"2", "3", "4"}, "sweeps": {"5"}, "makespan": {"7"}}
 
 
 def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
@@ -55,6 +57,10 @@ def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
         from benchmarks.step import step_rows
 
         return step_rows(**sizes)
+    if group == "makespan":
+        from benchmarks.makespan import makespan_row
+
+        return [makespan_row(workdir=workdir, **sizes)]
     from benchmarks.sweeps import sweep_row
 
     return [sweep_row(workdir=workdir, **sizes)]
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Run the benchmark rows, print the table, write results.json.")
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes; noisier)")
     parser.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), metavar="ROW",
-                        help="rows to run (1-6); shared measurements run once")
+                        help="rows to run (1-7); shared measurements run once")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     parser.add_argument("--markdown", action="store_true", help="print the saved results as a Markdown table")
     args = parser.parse_args(argv)

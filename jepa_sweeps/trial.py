@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +53,21 @@ class RayHooks:
     """The training core's host inside a Ray Train worker.
 
     A diverged trial reports the sweep ``metric`` as NaN: Tune requires the metric in every
-    result, ASHA's cut-offs skip NaN, and ``sweep.Search`` tells Optuna the worst value.
+    result, ASHA's cut-offs skip NaN, and ``sweep.Search`` tells Optuna the worst value. Every
+    report carries ``loop_s``, the seconds since the training loop began (the core loads its
+    checkpoint last before it), for the sweep's compute accounting.
     """
 
     def __init__(self, metric: str) -> None:
         self.device = ray.train.torch.get_device()
         self.metric = metric
+        self.loop_started = time.perf_counter()
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        self.loop_started = time.perf_counter()
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -70,8 +75,9 @@ class RayHooks:
             return load_checkpoint(Path(directory))
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        metrics = {**metrics, "loop_s": time.perf_counter() - self.loop_started}
         if metrics.get("diverged"):
-            metrics = {**metrics, self.metric: math.nan}
+            metrics[self.metric] = math.nan
         if state is None:
             ray.train.report(metrics)
             return
