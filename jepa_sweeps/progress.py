@@ -9,6 +9,7 @@ Tune's own tables, banners and hints are switched off by ``quiet_tune``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -28,7 +29,11 @@ def quiet_tune() -> None:
     reporter), the "View detailed results here" banner, and the TensorBoard hint (with the CSV and
     JSON result files beside it: this product logs to MLflow and reads none of them)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the sweep adds Tune's JSON logger itself
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files ..."
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory ..."
 
 
 def duration(seconds: float) -> str:
@@ -55,6 +60,7 @@ class Progress(Callback):
         self.began = time.time()
         self.status_shown = 0.0
         self.status_drawn = False
+        self.last_plain_status = ""
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "stream"}
@@ -83,14 +89,17 @@ class Progress(Callback):
         self.out.flush()
 
     def status(self) -> str:
+        from jepa_sweeps.accounting import ledger_for
+
         running = [t for t in self.started if t not in self.ended]
         done = len(self.ended)
-        queued = max(self.total - done - len(running), 0)
+        budget = ledger_for(self.spec).ended_by_budget
+        queued = 0 if budget else max(self.total - done - len(running), 0)
         best = f"best {self.spec.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "no result yet"
         elapsed = time.time() - self.began
-        text = (f"status: {done} done, {len(running)} running, {queued} queued of {self.total}; {best}; "
-                f"elapsed {duration(elapsed)}")
-        if self.walls:
+        text = (f"status: {done} done, {len(running)} running, {queued} queued of {self.total}"
+                + (" (the budget stops new trials)" if budget else "") + f"; {best}; elapsed {duration(elapsed)}")
+        if self.walls and (queued or running):
             mean = sum(self.walls) / len(self.walls)
             slots = max(1, min(self.spec.resources.max_concurrent_trials, self.total))
             left = [max(mean - (time.time() - self.started[t]), 0.0) for t in running]
@@ -107,7 +116,10 @@ class Progress(Callback):
             self.out.write("\r\x1b[K" + self.status())
             self.status_drawn = True
         else:
-            self.out.write(f"[{duration(now - self.began):>6}] {self.status()}\n")
+            text = self.status()
+            if text != self.last_plain_status:
+                self.out.write(f"[{duration(now - self.began):>6}] {text}\n")
+                self.last_plain_status = text
         self.out.flush()
 
     # -- Tune events --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import optuna
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
@@ -243,7 +244,8 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
     write_state(spec, loc, {"digest": spec.digest(), "parent_run_id": parent, "experiment_id": experiment_id})
     logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
     quiet_tune()
-    callbacks = [Progress(spec), Accounting(spec, logger), logger]  # accounting logs before the logger ends a run
+    # Accounting logs a trial's cost before the logger closes its run; Tune's JSON results back its ResultGrid.
+    callbacks = [Progress(spec), Accounting(spec, logger), logger, JsonLoggerCallback()]
     return Session(build_tuner(spec, loc, callbacks), client, experiment_id, parent)
 
 

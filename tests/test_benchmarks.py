@@ -56,7 +56,8 @@ def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch
     """One 2-epoch Ray trial and one plain torch.distributed run: rows 1, 1b and 6."""
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
     rows = {r.id: r for r in overhead_rows(workdir=tmp_path, **TINY["overhead"])}
-    assert set(rows) == {"1", "1b", "6"}
+    assert set(rows) == {"1", "1b", "1c", "6"}
+    assert len(rows["1c"].details["ray_images_per_cpu_s"]) == 1 and rows["1c"].value > 0
     assert len(rows["1"].details["ray_images_per_s"]) == 1 and len(rows["1"].details["ray_images_per_s"][0]) == 2
     assert rows["1"].value > 0 and rows["1"].details["epochs_compared"] == {"ray": "1/1", "plain": "1/1"}
     assert rows["1b"].details["timeline_s"]["started"] < rows["1b"].details["timeline_s"]["last_report"]
@@ -153,3 +154,15 @@ def test_sweep_comparison_counts_epochs_and_points(tmp_path: Path) -> None:
     assert row.value == pytest.approx(10 / 18)
     assert row.details["gap_points"] == pytest.approx(1.0)
     assert row.passed is False  # 0.56 > 0.5
+
+
+@pytest.mark.slow
+def test_makespan_row_replays_the_sweeps_trials_as_plain_processes(tmp_path: Path) -> None:
+    """Row 7 at its smallest: a 2-trial lambda sweep, then the same trials, each stopped after the
+    epochs the sweep trained it, as plain gloo runs."""
+    from benchmarks.makespan import makespan_row
+
+    row = makespan_row(tmp_path, ("num_samples=2", "epochs=2", "points=[]"))
+    assert row.id == "7" and row.value > 0
+    assert row.details["epochs"] == [2, 2] and row.details["workers"] == [2, 2]
+    assert len(row.details["plain_s"]) == 2 and all(s > 0 for s in row.details["plain_s"])
