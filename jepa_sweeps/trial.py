@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
@@ -116,6 +117,15 @@ class ForwardToTune(UserCallback):
         self.queue.put(result)
 
 
+class Trainer(TorchTrainer):
+    """``TorchTrainer`` without Train's Ray Data callback: it starts a ``DatasetManager`` actor per
+    trial even when no Ray dataset is given (the product passes none; each worker loads its
+    images itself), and on a 2-core node that process start delays the workers' own start-up."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+
+
 def train_storage(spec: SweepSpec, storage: str) -> str:
     """Where Train runs keep their checkpoints: beside the Tune experiment, not inside it."""
     return f"{storage.rstrip('/')}/{spec.name}.train"
@@ -125,13 +135,15 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
     """The Tune function trainable (trial driver)."""
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
     os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # Train's Prometheus gauges: nothing collects them (``run.init_ray``), yet each worker computes them.
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     # Worker start-up takes far longer than Train's 60 s default on a busy 2-core machine.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     cfg = config_for(spec, config)
     res = spec.resources
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    trainer = TorchTrainer(
+    trainer = Trainer(
         worker_loop,
         train_loop_config={
             "trial": cfg.model_dump(mode="json"), "cpus_per_worker": res.cpus_per_worker, "metric": spec.metric
