@@ -13,6 +13,9 @@ stays within ``device_hours``, and the elapsed wall time plus the mean wall time
 trial stays within ``wall_minutes``. Before any trial has ended nothing is known about a trial's
 cost, so the first trials start (up to ``max_concurrent_trials``). Once the spent budget is
 exceeded, running trials stop at the end of their current ASHA rung (FIFO: they finish).
+
+A resumed sweep (``Tuner.restore``) counts its trials' cost and its budget from the resumption:
+the ledger lives in the sweep driver's memory.
 """
 
 from __future__ import annotations
@@ -77,11 +80,7 @@ class Ledger:
 
     # -- events -----------------------------------------------------------------------------
     def start(self, trial_id: str, now: float) -> None:
-        if trial_id not in self.trials or self.trials[trial_id].ended is not None:
-            previous = self.trials.get(trial_id)
-            self.trials[trial_id] = TrialTime(started=now)
-            if previous is not None:  # resumed after the sweep was interrupted: keep what it trained
-                self.trials[trial_id].loop_done = previous.loop_done + previous.loop_now
+        self.trials.setdefault(trial_id, TrialTime(started=now))
 
     def result(self, trial_id: str, result: dict[str, Any], now: float) -> None:
         t = self.trials.get(trial_id)

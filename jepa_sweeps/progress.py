@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from jepa_sweeps.config import ConfigError, TrialConfig
 from jepa_sweeps.spec import SweepSpec
 
 PLAIN_STATUS_EVERY_S = 60.0
@@ -53,6 +54,7 @@ class Progress(Callback):
         self.stream = stream
         self.total = spec.num_samples * spec.seeds
         self.numbers: dict[str, int] = {}  # trial id → its number in start order
+        self.configs: dict[str, TrialConfig | None] = {}
         self.started: dict[str, float] = {}
         self.walls: list[float] = []  # seconds of ended trials
         self.ended: set[str] = set()
@@ -123,16 +125,23 @@ class Progress(Callback):
         self.out.flush()
 
     # -- Tune events --------------------------------------------------------------------------
-    def name(self, trial: Any) -> str:
-        from jepa_sweeps.tracking import run_name
+    def config(self, trial: Any) -> TrialConfig | None:
+        """The trial's config, or None for one the trial itself will reject (it still gets lines)."""
         from jepa_sweeps.trial import config_for
 
+        if trial.trial_id not in self.configs:
+            try:
+                self.configs[trial.trial_id] = config_for(self.spec, trial.config, check_paths=False)
+            except ConfigError:
+                self.configs[trial.trial_id] = None
+        return self.configs[trial.trial_id]
+
+    def name(self, trial: Any) -> str:
+        from jepa_sweeps.tracking import run_name
+
         number = self.numbers.setdefault(trial.trial_id, len(self.numbers) + 1)
-        try:
-            label = run_name(config_for(self.spec, trial.config, check_paths=False))
-        except Exception:  # noqa: BLE001 - a config the trial itself will reject still gets a line
-            label = trial.trial_id
-        return f"trial {number}/{self.total} {label}"
+        cfg = self.config(trial)
+        return f"trial {number}/{self.total} {run_name(cfg) if cfg else trial.trial_id}"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started[trial.trial_id] = time.time()
@@ -142,7 +151,8 @@ class Progress(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = result.get(self.spec.metric)
         epoch = int(result.get("epoch", 0))
-        epochs = int(trial.config.get("epochs", 0)) or self.epochs()
+        cfg = self.config(trial)
+        epochs = cfg.epochs if cfg else "?"
         seconds = time.time() - self.started.get(trial.trial_id, self.began)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -150,9 +160,6 @@ class Progress(Callback):
             if self.best is None or sign * value > sign * self.best[0]:
                 self.best = (float(value), self.name(trial).split(" ", 2)[2])
         self.line(f"{self.name(trial)} epoch {epoch}/{epochs} {self.spec.metric} {shown} ({seconds:.0f} s)")
-
-    def epochs(self) -> int:
-        return self.spec.trial_config({}, check_paths=False).epochs
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.finish(trial, failed=False)
@@ -162,16 +169,13 @@ class Progress(Callback):
 
     def finish(self, trial: Any, failed: bool) -> None:
         from jepa_sweeps.tracking import trial_status
-        from jepa_sweeps.trial import config_for
 
         seconds = time.time() - self.started.get(trial.trial_id, self.began)
         self.ended.add(trial.trial_id)
         self.walls.append(seconds)
         last = trial.last_result or {}
-        try:
-            status = trial_status(config_for(self.spec, trial.config, check_paths=False), last, failed)
-        except Exception:  # noqa: BLE001
-            status = "failed" if failed else "finished"
+        cfg = self.config(trial)
+        status = trial_status(cfg, last, failed) if cfg else "failed"
         value = last.get(self.spec.metric)
         metric = f", {self.spec.metric} {value:.4f}" if isinstance(value, (int, float)) and not failed else ""
         self.line(f"{self.name(trial)} {status} after {int(last.get('epoch', 0))} epoch(s){metric} ({seconds:.0f} s)")

@@ -1,18 +1,23 @@
-"""Compute accounting, the budget rule, packing and the /proc CPU meter, without Ray."""
+"""Compute accounting, the budget rule, packing, progress lines and the /proc CPU meter, without Ray."""
 
 from __future__ import annotations
 
+import io
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+from ray.tune.experiment import Trial
 
 from benchmarks.cputime import TreeCpu
 from jepa_sweeps.accounting import Ledger
 from jepa_sweeps.config import ConfigError
 from jepa_sweeps.packing import pack
-from jepa_sweeps.spec import parse_spec
+from jepa_sweeps.progress import Progress
+from jepa_sweeps.spec import load_spec, parse_spec
+from tests.test_sweep import SMOKE
 
 
 def spec(**extra: object):
@@ -74,3 +79,30 @@ def test_tree_cpu_counts_a_child_that_exited() -> None:
                        check=True)
         end = time.time()
     assert cpu.between(begin, end) >= 0.5
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, Terminal])
+def test_progress_lines_from_tune_trials(stream: type) -> None:
+    """Tune's own ``Trial`` objects (stubs need no Ray): event lines in order; the status line
+    is redrawn in place on a terminal only."""
+    out = stream()
+    progress = Progress(load_spec(SMOKE), out)
+    trial = Trial("run_trial", config={"objective.lam": 0.1}, trial_id="t1", stub=True)
+    progress.on_trial_start(0, [trial], trial)
+    progress.on_trial_result(0, [trial], trial, {"epoch": 1, "knn_acc": 0.9})
+    trial.update_last_result({"epoch": 2, "knn_acc": 0.91})
+    progress.on_trial_complete(0, [trial], trial)
+    progress.on_experiment_end([trial])
+    text = out.getvalue()
+    lines = [line.rsplit("\r\x1b[K", 1)[-1] for line in text.splitlines()]
+    events = [re.sub(r"\(\d+ s\)", "(s)", line.split("] ", 1)[1]) for line in lines if "trial 1/2" in line]
+    assert events == ["trial 1/2 sigreg-lam0.1-g2l2-b64-s0 started",
+                      "trial 1/2 sigreg-lam0.1-g2l2-b64-s0 epoch 1/2 knn_acc 0.9000 (s)",
+                      "trial 1/2 sigreg-lam0.1-g2l2-b64-s0 finished after 2 epoch(s), knn_acc 0.9100 (s)"]
+    assert "status: 1 done, 0 running, 1 queued of 2; best knn_acc 0.9000" in text
+    assert ("\r\x1b[K" in text) is (stream is Terminal)
