@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         check_storage(loc.storage)
         check_tracking(loc.tracking_uri)
         state = earlier_state(spec, loc, args.fresh)
-        if not on_cluster():
+        if spec.resources.pack == "auto" and not on_cluster():
             spec = pack(spec, *local_capacity())
         check_digest(spec, state, args.fresh)
     except ConfigError as err:
