@@ -48,6 +48,7 @@ def makespan_row(workdir: Path, overrides: tuple[str, ...] = ()) -> Row:
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading trial_config.json back
     env.update(JEPA_SWEEPS_HOME=str(home), RAY_AUTH_MODE="disabled",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     command = [sys.executable, "-m", "jepa_sweeps.run", str(LAMBDA_SPEC), *[a for o in overrides for a in ("--set", o)]]
