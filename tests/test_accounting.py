@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from ray.tune.experiment import Trial
@@ -106,3 +107,10 @@ def test_progress_lines_from_tune_trials(stream: type) -> None:
                       "trial 1/2 sigreg-lam0.1-g2l2-b64-s0 finished after 2 epoch(s), knn_acc 0.9100 (s)"]
     assert "status: 1 done, 0 running, 1 queued of 2; best knn_acc 0.9000" in text
     assert ("\r\x1b[K" in text) is (stream is Terminal)
+
+
+def test_budget_stops_running_trials_at_ashas_rungs() -> None:
+    from jepa_sweeps.sweep import rungs
+
+    lam = load_spec(Path(SMOKE).with_name("lambda.yaml"))  # grace 2, reduction factor 3, 10 epochs
+    assert rungs(lam, 10) == [2, 6]
