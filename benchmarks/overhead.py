@@ -39,6 +39,7 @@ import requests
 from ray import tune
 
 from benchmarks.common import Row, StealMeter, median
+from benchmarks.cputime import TreeCpu
 from benchmarks.plain import RAY_WORKER_NICENESS, Run, epoch_images, free_port, plain_run
 from jepa_sweeps import tracking
 from jepa_sweeps.config import TrialConfig
@@ -233,7 +234,7 @@ def overhead_rows(epochs: int, workdir: Path, rounds: int = 1, baseline_after: b
     from jepa_sweeps.run import init_ray
     from jepa_sweeps.storage import locate
 
-    with mlflow_server(workdir) as (uri, log), StealMeter() as steal:
+    with mlflow_server(workdir) as (uri, log), StealMeter() as steal, TreeCpu() as cpu:
         # A storage folder per trial: under one folder, each trial would resume the finished first.
         specs = [trial_spec(epochs, workdir / f"storage-{i}", uri) for i in range(rounds)]
         cfg = specs[0].trial_for({})
@@ -252,6 +253,7 @@ def overhead_rows(epochs: int, workdir: Path, rounds: int = 1, baseline_after: b
             baseline.append(plain_run(cfg, threads, workdir))
         served = access_log_counts(log)
     return [throughput_row([run for run, _, _ in trials], baseline, cfg, steal),
+            cpu_time_row([run for run, _, _ in trials], baseline, cpu),
             startup_row([(run, stamps) for run, stamps, _ in trials], baseline),
             requests_row([counter for _, _, counter in trials], served)]
 
@@ -301,6 +303,25 @@ def throughput_row(ray_trials: list[Run], baseline: list[Run], cfg: TrialConfig,
                    f"95 % interval {low:.3f}–{high:.3f} ({details['config']})",
                    f"all epochs, runs alternating plain | Ray: {sequence}; ratio {unfiltered:.3f}",
                ])
+
+
+def cpu_time_row(ray_trials: list[Run], baseline: list[Run], cpu: TreeCpu) -> Row:
+    """Images trained per CPU-second of every process involved (this driver, Ray's daemons and
+    helper actors, the trial's driver and workers; or the plain ranks), from the first report to
+    the last (epochs 2…N with their evaluations), Ray ÷ plain, medians over the runs. Far less
+    sensitive to other load than wall-clock speed: waiting for a core costs no CPU time."""
+    def per_cpu_second(run: Run) -> float:
+        images = (len(run.report_times) - 1) * run.epoch_images
+        return images / cpu.between(run.report_times[0], run.report_times[-1])
+
+    ours, plain = [per_cpu_second(r) for r in ray_trials], [per_cpu_second(r) for r in baseline]
+    ratio = median(ours) / median(plain)
+    details = {"ray_images_per_cpu_s": [round(x, 1) for x in ours],
+               "plain_images_per_cpu_s": [round(x, 1) for x in plain], "sample_interval_s": cpu.interval}
+    return Row("1c", "framework overhead, CPU time: Ray ÷ plain images per CPU-s", f"{ratio:.4f}", "≥ 0.95",
+               ratio >= 0.95, ratio, details,
+               [f"images per CPU-second (whole process trees, /proc): Ray {median(ours):.0f} {details['ray_images_per_cpu_s']}"
+                f" vs plain {median(plain):.0f} {details['plain_images_per_cpu_s']}"])
 
 
 def pooled_ratio(ours: list[list[float]], plain: list[list[float]]) -> float:

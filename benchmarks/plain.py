@@ -6,7 +6,8 @@ Ray starts every worker process at nice 15 (its ``worker_niceness``), below its 
 below anything else on the machine; the baseline runs at the same niceness, so that other load
 on a shared machine weighs on both alike and the ratio shows what Ray itself costs.
 
-``python -m benchmarks.plain CONFIG_JSON OUT_DIR RANK WORLD PORT THREADS NICENESS`` runs one rank.
+``python -m benchmarks.plain CONFIG_JSON OUT_DIR RANK WORLD PORT THREADS NICENESS STOP_AFTER`` runs one
+rank (``STOP_AFTER`` 0: every epoch).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY_WORKER_NICENESS = 15
 
 
+class Stopped(Exception):
+    """Raised after the report a sweep's scheduler stopped the same trial at."""
+
+
 @dataclass
 class StampedHooks(LocalHooks):
-    """``LocalHooks`` that note when training begins (the trainer loads its checkpoint last)."""
+    """``LocalHooks`` that note when training begins (the trainer loads its checkpoint last) and
+    stop after ``stop_after`` reports, as ASHA stops a trial after a rung's report."""
 
     begun: float = 0.0
     stamps: list[float] = field(default_factory=list)
+    stop_after: int = 0
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         self.begun = time.time()
@@ -46,6 +53,8 @@ class StampedHooks(LocalHooks):
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         self.stamps.append(time.time())
         super().report(metrics, state)
+        if self.stop_after and len(self.stamps) >= self.stop_after:
+            raise Stopped
 
 
 @dataclass
@@ -95,8 +104,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY_WORKER_NICENESS) -> Run:
-    """Train ``cfg`` on ``cfg.workers`` gloo processes with ``threads`` torch threads each."""
+def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY_WORKER_NICENESS,
+              stop_after: int = 0) -> Run:
+    """Train ``cfg`` on ``cfg.workers`` gloo processes with ``threads`` torch threads each (and stop
+    after ``stop_after`` epochs' reports, if given)."""
     out = workdir / f"plain-{time.time_ns()}"
     out.mkdir(parents=True)
     (out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
@@ -106,7 +117,7 @@ def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY
     launched = time.time()
     procs = [
         subprocess.Popen([sys.executable, "-m", "benchmarks.plain", str(out / "config.json"), str(out), str(rank),
-                          str(cfg.workers), str(port), str(threads), str(niceness)], env=env)
+                          str(cfg.workers), str(port), str(threads), str(niceness), str(stop_after)], env=env)
         for rank in range(cfg.workers)
     ]
     if any(p.wait() for p in procs):
@@ -117,14 +128,17 @@ def plain_run(cfg: TrialConfig, threads: int, workdir: Path, niceness: int = RAY
 
 
 def main(argv: list[str]) -> None:
-    config, out, rank, world, port, threads, niceness = argv
+    config, out, rank, world, port, threads, niceness, stop_after = argv
     os.nice(int(niceness) - os.nice(0))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(int(threads))  # what the trial's worker_loop sets
     dist.init_process_group("gloo", rank=int(rank), world_size=int(world))
     try:
-        hooks = StampedHooks(directory=Path(out, "checkpoint"))
-        train(TrialConfig.model_validate_json(Path(config).read_text()), hooks)
+        hooks = StampedHooks(directory=Path(out, "checkpoint"), stop_after=int(stop_after))
+        try:
+            train(TrialConfig.model_validate_json(Path(config).read_text()), hooks)
+        except Stopped:
+            pass
         if int(rank) == 0:
             record = {"begun": hooks.begun, "stamps": hooks.stamps, "reports": hooks.reports}
             Path(out, "rank0.json").write_text(json.dumps(record))

@@ -1,4 +1,4 @@
-"""Row 7: the ViT-nano training step under each precision, on the device the benchmark runs on.
+"""Row 8: the ViT-nano training step under each precision, on the device the benchmark runs on.
 
 The step is the trial's (``Trainer.train_step`` in one process, without DDP and the lr schedule):
 views → backbone, projector, objective and online probe under the precision's autocast →
@@ -59,7 +59,7 @@ class Stepper:
 
 def precision_row(batch: int, reps: int, cuda_batch: int | None = None, warmup: int = 1, threads: int = 2,
                   device: str | None = None, nano_overrides: dict[str, Any] | None = None) -> Row:
-    """Row 7: images/s of the ViT-nano step under fp32, bf16 and fp16 on ``device`` (default: CUDA
+    """Row 8: images/s of the ViT-nano step under fp32, bf16 and fp16 on ``device`` (default: CUDA
     if present, else the CPU with ``threads`` threads); ``cuda_batch`` replaces ``batch`` on CUDA."""
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if target.type == "cuda" and cuda_batch:
@@ -90,7 +90,7 @@ def precision_row(batch: int, reps: int, cuda_batch: int | None = None, warmup: 
         "tf32": cuda,
     }
     return Row(
-        "7", f"ViT-nano step images/s, bf16 ÷ fp32 ({target.type})", f"{ratio:.2f}×",
+        "8", f"ViT-nano step images/s, bf16 ÷ fp32 ({target.type})", f"{ratio:.2f}×",
         f"≥ {CUDA_TARGET}× on CUDA", ratio >= CUDA_TARGET if cuda else None, ratio, details,
         ["images/s per device: " + ", ".join(f"{p} {v:.1f}" for p, v in ips.items())
          + f" (batch {batch}, {details['device']})"],

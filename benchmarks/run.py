@@ -30,6 +30,7 @@ FULL = {
     "step": {"nano_batch": 128, "nano_reps": 3, "cnn_reps": 20, "objective_reps": 20, "matmul_n": 4096},
     "sweeps": {"seeds": 20},
     "precision": {"batch": 128, "cuda_batch": 512, "reps": 3},
+    "makespan": {"overrides": ()},
 }
 QUICK = {
     "overhead": {"epochs": 3, "rounds": 1, "baseline_after": False},
@@ -37,9 +38,13 @@ QUICK = {
     "step": {"nano_batch": 16, "nano_reps": 2, "cnn_reps": 5, "objective_reps": 5, "matmul_n": 2048},
     "sweeps": {"seeds": 4},
     "precision": {"batch": 16, "cuda_batch": 64, "reps": 2},
+    "makespan": {"overrides": ("num_samples=3", "epochs=2")},
 }
 # Which measurement produces which rows (one measurement can feed several rows).
-GROUPS = {"overhead": {"1", "6"}, "pipeline": {"2"}, "step": {"2", "3", "4"}, "sweeps": {"5"}, "precision": {"7"}}
+GROUPS = {
+    "overhead": {"1", "6"}, "pipeline": {"2"}, "step": {"2", "3", "4"}, "sweeps": {"5"}, "makespan": {"7"},
+    "precision": {"8"},
+}
 
 
 def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
@@ -61,6 +66,10 @@ def measure(group: str, sizes: dict[str, Any], workdir: Path) -> list[Row]:
         from benchmarks.precision import precision_row
 
         return [precision_row(**sizes)]
+    if group == "makespan":
+        from benchmarks.makespan import makespan_row
+
+        return [makespan_row(workdir=workdir, **sizes)]
     from benchmarks.sweeps import sweep_row
 
     return [sweep_row(workdir=workdir, **sizes)]

@@ -70,7 +70,7 @@ def train_one(job: tuple[float, int, int]) -> list[dict[str, Any]]:
 
     lam, seed, threads = job
     torch.set_num_threads(threads)
-    cfg = load_spec(SPEC).trial_config({"objective.lam": lam, "seed": seed, "workers": 1, "threads": threads})
+    cfg = load_spec(SPEC).trial_for({"objective.lam": lam, "seed": seed, "workers": 1, "threads": threads})
     hooks = TimedHooks()
     train(cfg, hooks)
     return [{"lam": lam, "seed": seed, **{k: r.get(k, "") for k in ["epoch", "seconds", *METRICS]}} for r in hooks.rows]

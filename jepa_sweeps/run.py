@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlparse
 
 from jepa_sweeps.cli import usage_error
 from jepa_sweeps.config import ConfigError
+from jepa_sweeps.packing import cluster_capacity, local_capacity, pack
 from jepa_sweeps.spec import SweepSpec, load_spec, redact
 from jepa_sweeps.storage import Locations, home, is_uri, locate, other_store, read_state
 
@@ -102,15 +103,43 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
         lines.append(f"  search {key}: {dist.text()}")
     for point in spec.points:
         lines.append(f"  point {json.dumps(point)}")
-    r = spec.resources
     lines += [
-        f"  each trial: {r.workers} DDP worker(s) × {r.cpus_per_worker} CPU"
-        + (f" + {r.gpus_per_worker} GPU" if r.gpus_per_worker else "")
-        + f", driver {r.driver_cpus} CPU; ≤ {r.max_concurrent_trials} trial(s) at once",
+        resources_line(spec),
+        *([f"  budget: {budget_text(spec)} (no trial starts that would exceed it)"] if spec.budget else []),
         f"  storage: {redact(loc.folder)}",
         f"  mlflow:  {redact(loc.tracking_uri)} (experiment {loc.experiment!r})",
     ]
     return "\n".join(lines)
+
+
+def resources_line(spec: SweepSpec) -> str:
+    r = spec.resources
+    chosen = "from the cluster when the sweep starts" if on_cluster() else "for this machine"
+    return (
+        f"  each trial: {r.workers} DDP worker(s) × {r.cpus_per_worker} CPU"
+        + (f" + {r.gpus_per_worker} GPU" if r.gpus_per_worker else "")
+        + f", driver {r.driver_cpus} CPU; ≤ {r.max_concurrent_trials} trial(s) at once"
+        + (f" (pack: auto, chosen {chosen})" if r.pack == "auto" else "")
+    )
+
+
+def budget_text(spec: SweepSpec) -> str:
+    b = spec.budget
+    parts = [f"{b.device_hours:g} {'GPU' if spec.resources.gpus_per_worker else 'CPU'}-hours"] if b.device_hours else []
+    return " and ".join(parts + ([f"{b.wall_minutes:g} min of wall time"] if b.wall_minutes else []))
+
+
+def on_cluster() -> bool:
+    """Whether the runner joins an existing Ray (a job, or RAY_ADDRESS) instead of starting one."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or bool(os.environ.get("RAY_ADDRESS"))
+
+
+def check_digest(spec: SweepSpec, state: dict[str, Any] | None, fresh: bool) -> None:
+    if state and state.get("digest") != spec.digest() and not fresh:
+        raise ConfigError(
+            f"name={spec.name!r}: the spec changed since this sweep started (digest {state.get('digest')} → "
+            f"{spec.digest()}); pass --fresh to start it over, or give it a new name"
+        )
 
 
 def init_ray(loc: Locations) -> None:
@@ -125,7 +154,7 @@ def init_ray(loc: Locations) -> None:
 
     if ray.is_initialized():  # started by the caller (tests, a notebook)
         return
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_ADDRESS"):
+    if on_cluster():
         ray.init(log_to_driver=False)
         return
     with socket.socket() as s:
@@ -199,11 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         check_storage(loc.storage)
         check_tracking(loc.tracking_uri)
         state = earlier_state(spec, loc, args.fresh)
-        if state and state.get("digest") != spec.digest() and not args.fresh:
-            raise ConfigError(
-                f"name={spec.name!r}: the spec changed since this sweep started (digest {state.get('digest')} → "
-                f"{spec.digest()}); pass --fresh to start it over, or give it a new name"
-            )
+        if spec.resources.pack == "auto" and not on_cluster():
+            spec = pack(spec, *local_capacity())
+        check_digest(spec, state, args.fresh)
         recorded = other_store(state, loc) if state and not args.fresh else None
         if recorded is not None:
             raise ConfigError(
@@ -224,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(loc)
     try:
         check_storage_reaches_every_node(loc.storage)
+        if on_cluster() and spec.resources.pack == "auto":
+            spec = pack(spec, *cluster_capacity())
+            print(resources_line(spec), flush=True)
+            check_digest(spec, state, args.fresh)
     except ConfigError as err:
         return usage_error(str(err))
     session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)

@@ -143,6 +143,22 @@ class ResourcesSpec(Strict):
     driver_resources: dict[str, float] = Field(
         default_factory=dict, description="custom resources pinning trial drivers, e.g. {head: 0.01}"
     )
+    pack: Literal["off", "auto"] = Field(
+        "off", description="auto: the runner chooses concurrent trials and shares from the cluster (jepa_sweeps.packing)"
+    )
+
+
+class BudgetSpec(Strict):
+    """At most this much compute; the rule is in ``jepa_sweeps.accounting``."""
+
+    device_hours: float | None = Field(None, gt=0.0, le=1e7, description="GPU-hours on GPU trials, else CPU-hours")
+    wall_minutes: float | None = Field(None, gt=0.0, le=1e7)
+
+    @model_validator(mode="after")
+    def _some(self) -> BudgetSpec:
+        if self.device_hours is None and self.wall_minutes is None:
+            raise ValueError("budget: needs device_hours and/or wall_minutes (either or both)")
+        return self
 
 
 class MLflowSpec(Strict):
@@ -193,6 +209,7 @@ class SweepSpec(Strict):
     mlflow: MLflowSpec = MLflowSpec()
     storage: str | None = Field(None, description="Ray storage: absolute path or s3:// / gs:// URI")
     failures: FailureSpec = FailureSpec()
+    budget: BudgetSpec | None = None
 
     @field_validator("name")
     @classmethod

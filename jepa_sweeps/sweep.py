@@ -16,11 +16,16 @@ from urllib.parse import urlparse
 
 import optuna
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from jepa_sweeps import names
+from jepa_sweeps.accounting import (
+    BUDGET_TAG, Accounting, BudgetLimiter, BudgetScheduler, cost_lines, ledger_for, sweep_totals,
+)
+from jepa_sweeps.progress import Progress, quiet_tune
 from jepa_sweeps.space import SearchSpace, trial_params
 from jepa_sweeps.spec import SweepSpec, redact
 from jepa_sweeps.storage import (
@@ -72,7 +77,7 @@ class Search(OptunaSearch):
             pickle.dump(self.__getstate__(), f)
 
     def config_key(self, config: dict[str, Any]) -> str:
-        cfg = self.spec.trial_config(trial_params(config), check_paths=False)
+        cfg = self.spec.trial_for(trial_params(config), check_paths=False)
         return json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -131,20 +136,31 @@ def searcher(spec: SweepSpec) -> Any:
         points_to_evaluate=[space.optuna_params(p) for p in spec.points] or None,
         sampler=optuna.samplers.TPESampler(seed=spec.optuna.seed, n_startup_trials=spec.n_startup_trials),
     )
-    return Repeater(search, repeat=spec.seeds, set_index=True) if spec.seeds > 1 else search
+    search = Repeater(search, repeat=spec.seeds, set_index=True) if spec.seeds > 1 else search
+    return BudgetLimiter(search, spec) if spec.budget else search
 
 
 def scheduler(spec: SweepSpec) -> Any:
     if spec.scheduler.name == "fifo":
-        return FIFOScheduler()
+        return BudgetScheduler(FIFOScheduler(), spec, []) if spec.budget else FIFOScheduler()
     epochs = spec.trial_for({}).epochs
-    return ASHAScheduler(
+    asha = ASHAScheduler(
         time_attr="epoch",
         max_t=epochs,
         grace_period=min(spec.scheduler.grace_period, epochs),
         reduction_factor=spec.scheduler.reduction_factor,
         stop_last_trials=False,
     )
+    return BudgetScheduler(asha, spec, rungs(spec, epochs)) if spec.budget else asha
+
+
+def rungs(spec: SweepSpec, epochs: int) -> list[int]:
+    """ASHA's milestones (grace period × reduction factor^k below the last epoch)."""
+    out, t = [], float(min(spec.scheduler.grace_period, epochs))
+    while t < epochs:
+        out.append(int(t))
+        t *= spec.scheduler.reduction_factor
+    return out
 
 
 def trainable(spec: SweepSpec, loc: Locations) -> Any:
@@ -166,7 +182,7 @@ def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.T
             metric=spec.metric,
             mode=spec.mode,
             num_samples=spec.num_samples * spec.seeds,
-            max_concurrent_trials=spec.resources.max_concurrent_trials,
+            max_concurrent_trials=None if spec.budget else spec.resources.max_concurrent_trials,  # else its limiter
         ),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER,
@@ -222,7 +238,10 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
         "tracking": tracking_record(loc.tracking_uri),
     })
     logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
-    tuner = build_tuner(spec, loc, [logger])
+    quiet_tune()
+    # Accounting logs a trial's cost before the logger closes its run; Tune's JSON results back its ResultGrid.
+    callbacks = [Progress(spec), Accounting(spec, logger), logger, JsonLoggerCallback()]
+    tuner = build_tuner(spec, loc, callbacks)
     search = _search_of(tuner)
     if search is not None:
         search.on_repeat = logger.note_repeat
@@ -271,13 +290,18 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
     scored = sorted(finite, key=lambda r: sign * r[0])
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(Counter(r[2] for r in rows).items()))
     lines = [f"\n{len(rows)} trials ({statuses}); best by {spec.metric} ({spec.mode}):"]
-    header = f"  {'run':<34} {'status':<14} {'epoch':>5} {spec.metric:>10} {'linear_acc':>10} {'rankme':>8}"
+    header = (f"  {'run':<34} {'status':<14} {'epoch':>5} {spec.metric:>10} {'linear_acc':>10} {'rankme':>8}"
+              f" {'wall s':>7} {'loop s':>7} {'start s':>7}")
     lines.append(header)
-    for value, name, status, metrics, _ in scored[:10]:
+    for value, name, status, metrics, trial_id in scored[:10]:
+        cost = runs[trial_id].data.metrics if trial_id in runs else {}
         lines.append(
             f"  {name:<34} {status:<14} {int(metrics.get('epoch', 0)):>5} {value:>10.4f} "
             f"{metrics.get('linear_acc', float('nan')):>10.4f} {metrics.get('rankme', float('nan')):>8.2f}"
+            f" {cost.get('cost_wall_s', float('nan')):>7.0f} {cost.get('cost_loop_s', float('nan')):>7.0f}"
+            f" {cost.get('cost_startup_s', float('nan')):>7.0f}"
         )
+    lines += ["", *log_totals(spec, client, session.parent_run_id, list(runs.values()))]
     if scored:
         best = scored[0]
         best_run = runs.get(best[4])
@@ -291,6 +315,21 @@ def finish_sweep(spec: SweepSpec, loc: Locations, session: Session, results: Any
     link = redact(runs_link(loc.tracking_uri, session.experiment_id))
     lines += ["", f"MLflow UI:   {ui_hint(loc.tracking_uri)}", f"runs table:  {link}", report_line]
     return "\n".join(lines)
+
+
+def log_totals(spec: SweepSpec, client: Any, parent_run_id: str, children: list[Any]) -> list[str]:
+    """The parent run's compute totals (over every session of a resumed sweep) and budget tag."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    ledger = ledger_for(spec)
+    earlier = client.get_run(parent_run_id).data.metrics.get("sweep_wall_s", 0.0)
+    totals = sweep_totals(spec, children, earlier + time.time() - ledger.session_started)
+    now = int(time.time() * 1000)
+    tags = [RunTag(BUDGET_TAG, "budget")] if ledger.ended_by_budget else []
+    client.log_batch(parent_run_id, metrics=[Metric(k, float(v), now, 0) for k, v in totals.items()], tags=tags)
+    return cost_lines(spec, totals)
 
 
 def ui_hint(tracking_uri: str) -> str:

@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.util.queue import Queue
 
@@ -52,17 +54,21 @@ class RayHooks:
     """The training core's host inside a Ray Train worker.
 
     A diverged trial reports the sweep ``metric`` as NaN: Tune requires the metric in every
-    result, ASHA's cut-offs skip NaN, and ``sweep.Search`` tells Optuna the worst value.
+    result, ASHA's cut-offs skip NaN, and ``sweep.Search`` tells Optuna the worst value. Every
+    report carries ``loop_s``, the seconds since the training loop began (the core loads its
+    checkpoint last before it), for the sweep's compute accounting.
     """
 
     def __init__(self, metric: str) -> None:
         self.device = ray.train.torch.get_device()
         self.metric = metric
+        self.loop_started = time.perf_counter()
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        self.loop_started = time.perf_counter()
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
             return None
@@ -70,8 +76,9 @@ class RayHooks:
             return load_checkpoint(Path(directory))
 
     def report(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        metrics = {**metrics, "loop_s": time.perf_counter() - self.loop_started}
         if metrics.get("diverged"):
-            metrics = {**metrics, self.metric: math.nan}
+            metrics[self.metric] = math.nan
         if state is None:
             ray.train.report(metrics)
             return
@@ -110,17 +117,28 @@ class ForwardToTune(UserCallback):
         self.queue.put(result)
 
 
+class Trainer(TorchTrainer):
+    """``TorchTrainer`` without Train's Ray Data callback: it starts a ``DatasetManager`` actor per
+    trial even when no Ray dataset is given (the product passes none; each worker loads its
+    images itself), and on a 2-core node that process start delays the workers' own start-up."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+
+
 def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
     """The Tune function trainable (trial driver); Train runs go under ``storage`` (``Locations.train_path``)."""
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
     os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    # Train's Prometheus gauges: nothing collects them (``run.init_ray``), yet each worker computes them.
+    os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
     # Worker start-up takes far longer than Train's 60 s default on a busy 2-core machine.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     cfg = config_for(spec, config)
     res = spec.resources
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
-    trainer = TorchTrainer(
+    trainer = Trainer(
         worker_loop,
         train_loop_config={
             "trial": cfg.model_dump(mode="json"), "cpus_per_worker": res.cpus_per_worker, "metric": spec.metric

@@ -58,7 +58,8 @@ def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch
     """One 2-epoch Ray trial and one plain torch.distributed run: rows 1, 1b and 6."""
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
     rows = {r.id: r for r in overhead_rows(workdir=tmp_path, **TINY["overhead"])}
-    assert set(rows) == {"1", "1b", "6"}
+    assert set(rows) == {"1", "1b", "1c", "6"}
+    assert len(rows["1c"].details["ray_images_per_cpu_s"]) == 1 and rows["1c"].value > 0
     assert len(rows["1"].details["ray_images_per_s"]) == 1 and len(rows["1"].details["ray_images_per_s"][0]) == 2
     assert rows["1"].value > 0 and rows["1"].details["epochs_compared"] == {"ray": "1/1", "plain": "1/1"}
     assert rows["1b"].details["timeline_s"]["started"] < rows["1b"].details["timeline_s"]["last_report"]
@@ -153,10 +154,22 @@ def test_search_row_reads_the_default_method_at_four_slots() -> None:
 
 
 def test_precision_row_times_every_precision_of_the_step() -> None:
-    """Row 7 at tiny sizes: one step per precision and round; on a CPU reported without a verdict."""
+    """Row 8 at tiny sizes: one step per precision and round; on a CPU reported without a verdict."""
     from benchmarks.precision import PRECISIONS, precision_row
 
     row = precision_row(batch=4, reps=1, device="cpu", nano_overrides={"dim": 32, "depth": 1, "heads": 2})
-    assert row.id == "7" and row.passed is None and row.value > 0
+    assert row.id == "8" and row.passed is None and row.value > 0
     assert set(row.details["images_per_s"]) == set(PRECISIONS) and all(v > 0 for v in row.details["images_per_s"].values())
     assert row.shown == f"{row.value:.2f}×" and "fp16" in row.notes[0]
+
+
+@pytest.mark.slow
+def test_makespan_row_replays_the_sweeps_trials_as_plain_processes(tmp_path: Path) -> None:
+    """Row 7 at its smallest: a 2-trial lambda sweep, then the same trials, each stopped after the
+    epochs the sweep trained it, as plain gloo runs."""
+    from benchmarks.makespan import makespan_row
+
+    row = makespan_row(tmp_path, ("num_samples=2", "epochs=2", "points=[]"))
+    assert row.id == "7" and row.value > 0
+    assert row.details["epochs"] == [2, 2] and row.details["workers"] == [2, 2]
+    assert len(row.details["plain_s"]) == 2 and all(s > 0 for s in row.details["plain_s"])
