@@ -6,6 +6,7 @@ records the spec digest, the parent MLflow run and the tracking store.
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 from collections import Counter

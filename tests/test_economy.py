@@ -16,7 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.accounting import COST_KEYS
-from tests.test_sweep import SMOKE, _env, _kill_matching
+from tests.conftest import clean_env, kill_matching
+from tests.test_sweep import SMOKE
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -24,13 +25,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 def run_sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, str]:
     home = tmp_path / "home"
     ray_tmp = f"/tmp/re{tmp_path.name[-8:]}"
-    env = _env(JEPA_SWEEPS_HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    env = clean_env(JEPA_SWEEPS_HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
     command = [sys.executable, "-m", "jepa_sweeps.run", SMOKE, *[a for o in overrides for a in ("--set", o)]]
     try:
         done = subprocess.run(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True, timeout=900)
     finally:
-        _kill_matching(ray_tmp)
+        kill_matching(ray_tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done, f"sqlite:///{home / 'mlflow.db'}"
 
