@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.tracking import MlflowClient
 
-from jepa_sweeps.spec import redact
+from jepa_sweeps.redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -15,22 +15,16 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
 from jepa_sweeps.objectives import REGISTRY
+from jepa_sweeps.redaction import has_credentials, shorten
+from jepa_sweeps.yaml_input import load_file, loads
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")  # scheme://user:password@
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by ``***``:
-    what is printed or logged must not carry the credentials a URI in a spec may hold."""
-    return CREDENTIALS.sub(r"\1***@", text)
 
 
 class Distribution(Strict):
@@ -127,8 +121,8 @@ class SchedulerSpec(Strict):
 
 
 class OptunaSpec(Strict):
-    seed: int = Field(0, ge=0)
-    n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE acts")
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's RandomState takes 0 ≤ seed < 2³²")
+    n_startup_trials: int | None = Field(None, ge=0, le=100000, description="random trials before TPE acts")
 
 
 class ResourcesSpec(Strict):
@@ -140,6 +134,22 @@ class ResourcesSpec(Strict):
     driver_resources: dict[str, float] = Field(
         default_factory=dict, description="custom resources pinning trial drivers, e.g. {head: 0.01}"
     )
+    cluster_max: dict[str, float] = Field(
+        default_factory=dict, description="what an autoscaling cluster can grow to, e.g. {CPU: 64, GPU: 8}"
+    )
+
+    @field_validator("driver_resources", "cluster_max")
+    @classmethod
+    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not RESOURCE.fullmatch(name):
+                raise BadValue(name, amount, "not a resource name (letters, digits, '_', '-', ':', '.', '/')")
+            if not 0 < amount <= 1e9:
+                raise BadValue(name, amount, "must be a positive amount")
+        return value
+
+
+RESOURCE = re.compile(r"[A-Za-z_][A-Za-z0-9_:./-]*")
 
 
 class MLflowSpec(Strict):
@@ -172,6 +182,7 @@ class FailureSpec(Strict):
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs (Ray's storage) opens
 
 
 class SweepSpec(Strict):
@@ -199,11 +210,57 @@ class SweepSpec(Strict):
             raise BadValue("", value, "use letters, digits, '_', '.', '-' (starting with a letter or digit)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        """No infinity or NaN anywhere (search bounds, points, trial values): none is a setting."""
+        stack = [("", data)]
+        while stack:
+            key, value = stack.pop()
+            if isinstance(value, float) and not math.isfinite(value):
+                raise BadValue(key, value, "not a finite number")
+            if isinstance(value, dict):
+                stack += [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+            elif isinstance(value, (list, tuple)):
+                stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        return data
+
+    @field_validator("trial")
+    @classmethod
+    def _absolute_data_path(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Trials run in another working directory: a relative ``data.path`` is resolved here,
+        against the directory the runner was started in."""
+        path = get_path(value, "data.path")
+        if isinstance(path, str) and path and "\0" not in path:
+            try:
+                absolute = Path(path).expanduser().absolute()
+            except RuntimeError:  # "~user" of an unknown user: DataConfig names it
+                return value
+            if str(absolute) != path:
+                value = copy.deepcopy(value)
+                set_path(value, "data.path", str(absolute))
+        return value
+
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str | None) -> str | None:
-        """Resolved before Ray starts: a path that cannot be (``~nobody``, NUL) is a spec error."""
-        if value is not None and "://" not in value:
+        """Resolved before Ray starts: a path that cannot be (``~nobody``, NUL) is a spec error,
+        ``file://`` becomes a path, and a URI holding credentials is refused: Ray writes the
+        storage URI into the sweep's experiment state."""
+        if value is None:
+            return value
+        if has_credentials(value):
+            raise BadValue("", value, "holds credentials, which Ray would store; use the cloud SDK's environment or profile")
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() == "file":
+            value = unquote(urlparse(value).path) if rest.startswith("/") else rest
+            if not value.startswith("/"):
+                raise BadValue("", f"file://{rest}", "file:// needs an absolute path (file:///srv/ray)")
+        elif sep and scheme.lower() not in STORAGE_SCHEMES:
+            raise BadValue("", value, f"unsupported scheme {scheme!r} (use a path or {', '.join(STORAGE_SCHEMES)})")
+        elif sep and not urlparse(value).netloc:
+            raise BadValue("", value, "names no bucket")
+        if not sep:
             try:
                 Path(value).expanduser().resolve()
             except (RuntimeError, ValueError, OSError) as err:
@@ -275,8 +332,22 @@ class SweepSpec(Strict):
             TrialConfig.model_validate(self.base_trial())
         except ValidationError as err:
             raise ValueError(describe(err, prefix="trial")) from None
-        self._check_search()
+        configs = self._check_search()
+        self._check_metric([self.trial_config({}), *configs])
         return self
+
+    def _check_metric(self, configs: list[TrialConfig]) -> None:
+        """The metric must be in every report of every trial (Tune, ASHA and Optuna read it per epoch)."""
+        from jepa_sweeps.train import FINAL_METRICS, reported_metrics
+
+        reported = frozenset.intersection(*(reported_metrics(c) for c in configs))
+        if self.metric in reported:
+            return
+        if self.metric in FINAL_METRICS:
+            raise BadValue("metric", self.metric, "reported after the last epoch only; the sweep needs it every epoch")
+        main = sorted(m for m in reported if not re.search(r"_l\d+", m))
+        shown = ", ".join(main) if len(", ".join(main)) < 200 else ", ".join(main)[:197] + "..."
+        raise BadValue("metric", self.metric, f"not reported by every trial; choose among {shown}")
 
     def _objective_names(self) -> list[str]:
         dist = self.search.get("objective.name")
@@ -291,7 +362,9 @@ class SweepSpec(Strict):
             return names
         return [get_path(self.base_trial(), "objective.name", "sigreg")]
 
-    def _check_search(self) -> None:
+    def _check_search(self) -> list[TrialConfig]:
+        """Checks searched keys and points; returns the trial configs of their extremes."""
+        configs = []
         names = self._objective_names()
         base = self.base_trial()
         for key, dist in self.searched.items():
@@ -316,9 +389,9 @@ class SweepSpec(Strict):
                     holder = next(n for n in (dist.when or names) if key.split(".", 1)[1] in REGISTRY[n].Params.model_fields)
                     params["objective.name"] = holder
                 try:
-                    self.trial_config(params)
+                    configs.append(self.trial_config(params))
                 except ValidationError as err:
-                    raise ValueError(f"search.{key}={value!r}: {describe(err, prefix='trial', limit=1)}") from None
+                    raise ValueError(f"search.{key}={shorten(repr(value))}: {describe(err, prefix='trial', limit=1)}") from None
         for i, point in enumerate(self.points):
             for key, value in point.items():
                 if key not in self.searched:
@@ -326,9 +399,10 @@ class SweepSpec(Strict):
                 if not self.searched[key].contains(value):
                     raise ValueError(f"points[{i}].{key}={value!r}: outside its search range")
             try:
-                self.trial_config(point)
+                configs.append(self.trial_config(point))
             except ValidationError as err:
                 raise ValueError(f"points[{i}]: {describe(err, prefix='trial', limit=1)}") from None
+        return configs
 
     def digest(self) -> str:
         """Hash of what determines the results (not where they are written)."""
@@ -368,9 +442,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}={text!r}: not a valid YAML value") from None
+            value = loads(text, f"--set {key}")
+        except ConfigError as err:
+            raise ConfigError(f"--set {key}={shorten(repr(text))}: not a valid YAML value ({str(err).split(': ', 1)[-1]})") from None
         if key.split(".")[0] not in top:
             key = f"trial.{key}"
         if key.startswith("search."):
@@ -393,20 +467,7 @@ def parse_spec(raw: Any, source: str = "spec") -> SweepSpec:
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
     """Read, override and validate a spec file; the only entry point the CLI needs."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"spec file {str(path)!r}: not found")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except OSError as err:
-        raise ConfigError(f"spec file {str(path)!r}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    raw = load_file(path)
     if raw is None:
         raise ConfigError(f"{path}: empty spec (at least 'name' is needed)")
     if isinstance(raw, dict):

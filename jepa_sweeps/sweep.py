@@ -24,7 +24,8 @@ from ray.tune.search import Repeater
 from ray.tune.search.optuna import OptunaSearch
 
 from jepa_sweeps.space import SearchSpace
-from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.redaction import connectable, redact
+from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.trial import run_trial, train_storage
 
 STATE_FILE = "jepa_sweeps.json"
@@ -61,7 +62,7 @@ def locate(spec: SweepSpec) -> Locations:
         storage = str(Path(storage).expanduser().resolve())
     uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
     parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         uri = f"sqlite:///{Path(path).expanduser().resolve()}"
     elif not parsed.scheme:
@@ -207,7 +208,7 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
 
     if fresh:
         delete_sweep(spec, loc)
-    client = MlflowClient(loc.tracking_uri)
+    client = MlflowClient(connectable(loc.tracking_uri))
     experiment_id = ensure_experiment(client, loc.experiment, loc.artifact_root)
     parent = state.get("parent_run_id") if state else None
     if parent is None or not _run_exists(client, parent):

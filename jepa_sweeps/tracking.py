@@ -26,7 +26,8 @@ from ray.tune.logger import LoggerCallback
 
 from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.retry import BufferedClient
-from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.redaction import connectable, redact
+from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.train import ARTIFACTS_DIR
 
 DIAGNOSTICS = "diagnostics"  # the runs' artifact folder of per-eval pictures
@@ -121,7 +122,11 @@ def runs_link(tracking_uri: str, experiment_id: str) -> str:
 
 
 class SweepLogger(LoggerCallback):
-    """Tune callback writing child runs under ``parent_run_id``."""
+    """Tune callback writing child runs under ``parent_run_id``.
+
+    It is pickled into the Tune experiment state in storage: ``tracking_uri`` must hold no
+    credentials (the runner's ``without_credentials``); ``connectable`` finds them at setup.
+    """
 
     def __init__(self, spec: SweepSpec, tracking_uri: str, experiment_id: str, parent_run_id: str):
         self.spec, self.tracking_uri = spec, tracking_uri
@@ -130,7 +135,7 @@ class SweepLogger(LoggerCallback):
         self.configs: dict[str, TrialConfig] = {}
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self.client = BufferedClient(MlflowClient(self.tracking_uri))
+        self.client = BufferedClient(MlflowClient(connectable(self.tracking_uri)))
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
         )
