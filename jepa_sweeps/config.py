@@ -319,7 +319,7 @@ def _short(value: Any) -> str:
 def _line(e: dict[str, Any], prefix: str) -> str:
     """One pydantic error as ``key=value: problem``."""
     loc, kind, value = e["loc"], e["type"], e.get("input")
-    key = join_key(prefix, *loc)
+    key = shorten(join_key(prefix, *loc), 120)
     error = (e.get("ctx") or {}).get("error")
     if isinstance(error, BadValue):
         return f"{join_key(key, *error.key.split('.'))}={_short(error.value)}: {error.problem}"

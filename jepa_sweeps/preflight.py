@@ -102,7 +102,7 @@ def check_tracking(uri: str) -> None:
             raise ConfigError(f"{key}: {problem}")
     elif scheme.split("+")[0] in DATABASES:
         _check_database(uri, scheme, key)
-    elif scheme == "databricks":
+    elif scheme == "databricks" or uri == "databricks":
         if not (os.environ.get("DATABRICKS_HOST") or Path("~/.databrickscfg").expanduser().is_file()):
             raise ConfigError(f"{key}: no Databricks workspace configured (DATABRICKS_HOST or ~/.databrickscfg)")
     elif scheme == "file":

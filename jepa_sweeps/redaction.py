@@ -17,14 +17,9 @@ import re
 from urllib.parse import unquote, urlsplit
 
 MASK = "***"
-#: schemes whose "user" is an access key, not a name worth showing
-KEY_SCHEMES = ("s3", "s3a", "s3n", "gs", "gcs", "az", "abfs", "abfss", "wasb", "wasbs", "oss", "r2")
-# scheme://netloc: the netloc ends at the first '/', '?', '#', whitespace or quote; its
-# credentials end at its LAST '@' (a password may hold a raw '@').
-_URI = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#\s'\"<>`]*)")
-# A password holding a raw '/' ends the netloc early; a URI whose ':' comes before a '/' and an
-# '@' is taken as user:password@ (at worst a path's '@' is over-redacted).
-_SLASHED = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^/?#\s'\"<>`@:]*):[^\s'\"<>`@]*@")
+# scheme:// then one token (up to whitespace or a quote); the user info ends at the token's LAST
+# '@': a password may hold a raw '@', '/', '?' or '#'. An '@' in a path or query is masked too.
+_URI = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://[^\s'\"<>`]*@")
 _SECRET_QUERY = re.compile(
     r"([?&;][^=&#\s]*(?:token|key|secret|password|passwd|pwd|sig|signature|credential|auth)[^=&#\s]*=)[^&#\s'\"<>]*",
     re.IGNORECASE,
@@ -33,21 +28,10 @@ _HEADER = re.compile(r"((?:Authorization|Proxy-Authorization)['\"]?\s*[:=]\s*['\
                      re.IGNORECASE)
 
 
-def _netloc(match: re.Match[str]) -> str:
-    scheme, netloc = match.group(1), match.group(2)
-    userinfo, at, host = netloc.rpartition("@")
-    if not at:
-        return match.group(0)
-    user, colon, _ = userinfo.partition(":")
-    shown = f"{user}:{MASK}" if colon and user and scheme.lower() not in KEY_SCHEMES else MASK
-    return f"{scheme}://{shown}@{host}"
-
-
 def redact(text: str) -> str:
-    """``text`` with every URI's credentials (``user:***@``, a token or access key as ``***@``),
+    """``text`` with every URI's user info (``user:password@``, a token, an access key),
     secret-looking query values and Authorization header values replaced by ``***``."""
-    text = _URI.sub(_netloc, text)
-    text = _SLASHED.sub(lambda m: _netloc(re.match(_URI, f"{m.group(1)}://{m.group(2)}:@")), text)
+    text = _URI.sub(rf"\1://{MASK}@", text)
     text = _SECRET_QUERY.sub(rf"\1{MASK}", text)
     return _HEADER.sub(rf"\1{MASK}", text)
 

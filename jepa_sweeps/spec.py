@@ -25,6 +25,7 @@ from jepa_sweeps.redaction import has_credentials, shorten
 from jepa_sweeps.yaml_input import load_file, loads
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+MAX_OPTIONS = 1000  # each is validated as a trial config
 
 
 class Distribution(Strict):
@@ -59,7 +60,9 @@ class Distribution(Strict):
         arg = value[kind]
         if kind == "choice":
             if not isinstance(arg, list) or not arg:
-                raise ValueError(f"choice needs a non-empty list, got {arg!r}")
+                raise ValueError(f"choice needs a non-empty list, got {shorten(repr(arg))}")
+            if len(arg) > MAX_OPTIONS:
+                raise ValueError(f"choice of {len(arg)} options: at most {MAX_OPTIONS}")
             options = tuple(Distribution.model_validate(o) if isinstance(o, dict) else o for o in arg)
             return {"kind": kind, "options": options, "when": when}
         if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
@@ -163,8 +166,8 @@ class MLflowSpec(Strict):
         if value is not None:
             try:
                 urlparse(value).port
-            except ValueError as err:
-                raise BadValue("", value, f"not a valid URI ({err})") from None
+            except ValueError:  # its text quotes the netloc, which may hold a password
+                raise BadValue("", value, "not a valid URI (a port that is not a number, or an unclosed '[')") from None
         return value
 
     @field_validator("experiment")
@@ -231,7 +234,7 @@ class SweepSpec(Strict):
         """Trials run in another working directory: a relative ``data.path`` is resolved here,
         against the directory the runner was started in."""
         path = get_path(value, "data.path")
-        if isinstance(path, str) and path and "\0" not in path:
+        if isinstance(path, str) and path and "\0" not in path and "://" not in path:
             try:
                 absolute = Path(path).expanduser().absolute()
             except RuntimeError:  # "~user" of an unknown user: DataConfig names it

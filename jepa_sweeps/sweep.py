@@ -65,7 +65,7 @@ def locate(spec: SweepSpec) -> Locations:
     if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         uri = f"sqlite:///{Path(path).expanduser().resolve()}"
-    elif not parsed.scheme:
+    elif not parsed.scheme and uri != "databricks":  # MLflow's name for the Databricks workspace
         uri = f"sqlite:///{Path(uri).expanduser().resolve()}"
     return Locations(storage, uri, spec.mlflow.experiment or spec.name)
 

@@ -263,15 +263,16 @@ SECRET, PASSWORD = "SECRET123xyz", "PASSWORD456xyz"
 
 def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path: Path) -> None:
     """A one-trial sweep through the CLI with a secret in the environment and a password in the
-    tracking URI: no param, tag, metric name or artifact of any run, and no line it prints, holds
-    either (the plan and the runs link show the URI as ``user:***@``)."""
+    tracking URI: no param, tag, metric name or artifact of any run, no line it prints, and no file
+    it leaves (Tune's tuner.pkl and experiment state, Train's checkpoints and state, Ray's session
+    logs) holds either. The plan shows the URI as ``***@``; Tune is handed it without credentials."""
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
     ray_tmp = f"/tmp/rt{os.getpid()}"
+    spec = tmp_path.parent / f"{tmp_path.name}-secrets.yaml"  # outside the scanned folder
     try:
         server.wait_healthy()
         uri = f"http://jepa:{PASSWORD}@127.0.0.1:{server.port}"
-        spec = tmp_path / "secrets.yaml"
         spec.write_text(yaml.safe_dump({
             "name": "secrets",
             "trial": {"epochs": 1, "optim": {"batch_size": 64}, "views": {"n_global": 2, "n_local": 0},
@@ -287,7 +288,7 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
         done = subprocess.run([sys.executable, "-m", "jepa_sweeps.run", str(spec)], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "jepa:***@127.0.0.1" in done.stdout
+        assert "***@127.0.0.1" in done.stdout
         for secret in (SECRET, PASSWORD):
             assert secret not in done.stdout and secret not in done.stderr
 
@@ -300,9 +301,17 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
             texts += list(run.data.metrics)
             local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / run.info.run_id)))
             texts += [f.read_bytes().decode("latin-1") for f in local.rglob("*") if f.is_file()]
-        assert any("jepa:***@127.0.0.1" in t for t in texts)  # the scan saw the spec artifact
+        assert any(f"tracking_uri: http://127.0.0.1:{server.port}" in t for t in texts)  # the spec artifact
         for secret in (SECRET, PASSWORD):
             assert not [t[:200] for t in texts if secret in t], secret
+        stored = [f for f in (tmp_path / "home").rglob("*") if f.is_file()]
+        assert any(f.name == "tuner.pkl" for f in stored) and any(f.name.startswith("experiment_state") for f in stored)
+        assert any(".train" in str(f) for f in stored)  # Train's checkpoints and state
+        scanned = [*tmp_path.rglob("*"), *Path(ray_tmp).rglob("*")]
+        leaks = [str(f) for f in scanned if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+        leaks += [str(f) for f in stored if SECRET.encode() in f.read_bytes()]
+        assert not leaks, leaks
     finally:
+        spec.unlink(missing_ok=True)
         _clean_up_ray(ray_tmp)
         server.stop()
