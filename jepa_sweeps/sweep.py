@@ -74,6 +74,14 @@ def experiment_path(spec: SweepSpec, loc: Locations) -> str:
     return f"{loc.storage.rstrip('/')}/{spec.name}"
 
 
+def queue_file(spec: SweepSpec, loc: Locations) -> Path:
+    """The append-only journal of MLflow writes queued during an outage (``retry.BufferedClient``):
+    beside the sweep state, or under the home when storage is a bucket (no appending there)."""
+    if is_uri(loc.storage):
+        return home() / "queues" / f"{spec.name}.jsonl"
+    return Path(experiment_path(spec, loc)) / "mlflow_queue.jsonl"
+
+
 def read_state(spec: SweepSpec, loc: Locations) -> dict[str, Any] | None:
     """The recorded state of an earlier sweep with this name, if any (read-only)."""
     path = f"{experiment_path(spec, loc)}/{STATE_FILE}"
@@ -208,6 +216,7 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
 
     if fresh:
         delete_sweep(spec, loc)
+        queue_file(spec, loc).unlink(missing_ok=True)
     client = MlflowClient(connectable(loc.tracking_uri))
     experiment_id = ensure_experiment(client, loc.experiment, loc.artifact_root)
     parent = state.get("parent_run_id") if state else None
@@ -227,7 +236,7 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
     else:
         client.update_run(parent, status="RUNNING")
     write_state(spec, loc, {"digest": spec.digest(), "parent_run_id": parent, "experiment_id": experiment_id})
-    logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
+    logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent, queue_file(spec, loc))
     return Session(build_tuner(spec, loc, [logger]), client, experiment_id, parent)
 
 

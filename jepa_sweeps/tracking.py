@@ -128,14 +128,16 @@ class SweepLogger(LoggerCallback):
     credentials (the runner's ``without_credentials``); ``connectable`` finds them at setup.
     """
 
-    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment_id: str, parent_run_id: str):
-        self.spec, self.tracking_uri = spec, tracking_uri
+    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 journal: Path | None = None):
+        self.spec, self.tracking_uri, self.journal = spec, tracking_uri, journal
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.runs: dict[str, str] = {}
         self.configs: dict[str, TrialConfig] = {}
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self.client = BufferedClient(MlflowClient(connectable(self.tracking_uri)))
+        self.client = BufferedClient(MlflowClient(connectable(self.tracking_uri)), journal=self.journal)
+        self.client.flush()  # an earlier driver's queued writes first: the runs they create count below
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
         )

@@ -407,3 +407,63 @@ def test_a_planted_secret_never_appears_in_a_refusal(secret: str, where: tuple[s
     rc, out, err = clean_refusal_or_plan(spec, argv, capsys)
     assert rc == 2, out
     assert SECRET not in out + err, err
+
+
+# --- resources the cluster never has (real local Ray) ---------------------------------------------
+
+@pytest.mark.slow
+def test_trials_asking_for_a_gpu_on_a_cpu_only_ray_are_refused_at_start(tmp_path: Path) -> None:
+    """The real CLI starts its local Ray (CPU only here), then refuses before any MLflow write."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_safety import _clean_up_ray
+
+    spec = tmp_path / "gpu.yaml"
+    spec.write_text(doc(resources={"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 1}))
+    ray_tmp = f"/tmp/rg{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp, JEPA_SWEEPS_HOME=str(tmp_path / "home"))
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-m", "jepa_sweeps.run", str(spec)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        _clean_up_ray(ray_tmp)
+    elapsed = time.monotonic() - started
+    refused(done.returncode, done.stderr, "gpus_per_worker=1: a trial needs 1 GPU, the cluster has 0")
+    assert elapsed < 30, elapsed
+    home = tmp_path / "home"
+    assert not (home / "mlflow.db").exists() and not (home / "ray_results").exists(), sorted(home.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Any:
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("resources", "expected"), [
+    ({"workers": 4, "cpus_per_worker": 1}, "a trial needs 4.5 CPU, the cluster has 2"),
+    ({"workers": 1, "cpus_per_worker": 3, "cluster_max": {"CPU": 8}}, None),  # an autoscaler can grow
+    ({"workers": 1, "cpus_per_worker": 3}, "a trial needs 3.5 CPU"),
+    ({"driver_resources": {"head": 0.01}}, "driver_resources.head=0.01: a trial needs 0.01 head, the cluster has 0"),
+    ({"gpus_per_worker": 0.5, "cluster_max": {"GPU": 4}}, None),
+    ({"workers": 1, "cpus_per_worker": 1}, None),
+])
+def test_cluster_capacity(resources: dict[str, Any], expected: str | None, local_ray: Any) -> None:
+    from jepa_sweeps.config import ConfigError
+    from jepa_sweeps.preflight import check_cluster
+    from jepa_sweeps.spec import parse_spec
+
+    spec = parse_spec(yaml.safe_load(doc(resources=resources)))
+    if expected is None:
+        check_cluster(spec.resources)
+        return
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        check_cluster(spec.resources)
