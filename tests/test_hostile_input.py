@@ -467,3 +467,46 @@ def test_cluster_capacity(resources: dict[str, Any], expected: str | None, local
         return
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
         check_cluster(spec.resources)
+
+
+# --- the report CLI: validated first, bounded, redacted ------------------------------------------
+
+@pytest.fixture
+def silent_server() -> Any:
+    """A TCP port that accepts connections and never answers: a hung tracking server."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--epoch", "-5"], "--epoch -5"),
+    (["--epoch", "0"], "--epoch 0"),
+    (["--out", "/proc/version"], "--out /proc/version: /proc/version is not a folder"),
+    (["--csv", "/proc/version"], "--csv /proc/version"),
+    (["--out", "/proc/nope/report"], "cannot write in /proc"),
+    (["--csv", "/proc/nope/csv"], "cannot write in /proc"),
+    (["--tracking-uri", f"http://u:{SECRET}@127.0.0.1:9"], "not reachable"),
+    (["--tracking-uri", f"http://u:{SECRET}@{{silent}}"], "not reachable"),
+    (["--tracking-uri", f"postgresql://u:{SECRET}@127.0.0.1:9/db"], "driver is not installed"),
+    (["--tracking-uri", f"http://u:{SECRET}@127.0.0.1:x"], "--tracking-uri"),
+    (["--tracking-uri", "databricks"], "Databricks"),
+    (["--tracking-uri", "ftp://h/x"], "unsupported scheme"),
+])
+def test_report_cli_refuses_before_writing(args: list[str], expected: str, sandbox: Path, silent_server: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from jepa_sweeps.report import main as report
+
+    args = [a.replace("{silent}", silent_server) for a in args]
+    started = time.monotonic()
+    rc = report(["nosuch", *args])
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr()
+    refused(rc, out.err, expected)
+    assert SECRET not in out.err + out.out and out.out == ""
+    assert elapsed <= 15, elapsed
+    if "{silent}" in " ".join(args) or silent_server in " ".join(args):
+        assert silent_server in out.err  # names the server

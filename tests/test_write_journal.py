@@ -4,12 +4,21 @@ the same journal that sends every queued write once, in order, into a real SQLit
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.retry import BufferedClient
+from tests.mlflow_server import MlflowServer
+from tests.test_safety import _clean_up_ray
 
 DOWN = "http://127.0.0.1:9"  # nothing listens: every write fails as in an outage
 
@@ -82,3 +91,87 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
         f.write('{"queued": "x", "name": "log_ba')  # killed mid-write
     assert BufferedClient(store, journal=journal).flush()
     assert history(store, run_id, "knn_acc") == [(1, 0.5)]
+
+
+# --- the whole sweep: driver SIGKILLed during an outage, resumed after it -------------------------
+
+TIMING = {"images_per_s"}  # wall-clock measurements differ between any two runs
+
+
+def _records(client: MlflowClient, experiment: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of the experiment's one child run: key → [(step, value)] as logged, sorted."""
+    exp = client.get_experiment_by_name(experiment)
+    (child,) = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, key))
+            for key in child.data.metrics}
+
+
+@pytest.mark.slow
+def test_killed_driver_during_an_outage_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    home, ray_tmp = tmp_path / "home", f"/tmp/rj{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env.update(JEPA_SWEEPS_HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+
+    def spec(name: str) -> list[str]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": name, "num_samples": 1, "scheduler": {"name": "fifo"},
+            "trial": {"epochs": 2, "optim": {"batch_size": 64}, "views": {"n_global": 2, "n_local": 0},
+                      "eval": {"final_probe_epochs": 0}},
+            "resources": {"workers": 1, "cpus_per_worker": 1}, "mlflow": {"tracking_uri": server.uri},
+        }))
+        return [sys.executable, "-m", "jepa_sweeps.run", str(path)]
+
+    try:
+        server.wait_healthy()
+        reference = subprocess.run(spec("reference"), env=env, cwd=tmp_path, capture_output=True, text=True,
+                                   timeout=900)
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        _clean_up_ray(ray_tmp)
+
+        journal = home / "ray_results" / "outage" / "mlflow_queue.jsonl"
+        first = subprocess.Popen(spec("outage"), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            client = MlflowClient(server.uri)
+            deadline = time.monotonic() + 600
+            while not _child_started(client, "outage"):  # the trial's run exists: cut the server now
+                assert first.poll() is None and time.monotonic() < deadline, "the trial never started"
+                time.sleep(0.5)
+            server.stop()
+            while '"set_terminated"' not in (journal.read_text() if journal.exists() else ""):
+                assert first.poll() is None and time.monotonic() < deadline, "the trial never ended"
+                time.sleep(1)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(30)
+            _clean_up_ray(ray_tmp)
+        assert '"log_batch"' in journal.read_text()
+
+        server.start()
+        server.wait_healthy()
+        resumed = subprocess.run(spec("outage"), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming" in resumed.stdout
+        assert not journal.exists()
+
+        client = MlflowClient(server.uri)
+        expected, got = _records(client, "reference"), _records(client, "outage")
+        assert set(got) == set(expected)
+        for key, points in expected.items():
+            assert [s for s, _ in got[key]] == [s for s, _ in points], key  # every step once
+            if key not in TIMING:
+                assert [v for _, v in got[key]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-9), key
+    finally:
+        _clean_up_ray(ray_tmp)
+        server.stop()
+
+
+def _child_started(client: MlflowClient, experiment: str) -> bool:
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        return exp is not None and any("mlflow.parentRunId" in r.data.tags for r in client.search_runs([exp.experiment_id]))
+    except Exception:  # noqa: BLE001 - the store may be busy being created
+        return False
