@@ -21,10 +21,36 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
 from jepa_sweeps.config import ConfigError
-from jepa_sweeps.redaction import shorten
+from jepa_sweeps.redaction import has_credentials, shorten
 
 TIMEOUT_S = 10.0
 DATABASES = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs (Ray's storage) opens
+
+
+def storage_location(value: str) -> tuple[str, str | None]:
+    """``(storage, problem)`` for the spec's ``storage``, without touching it: ``file://`` becomes a
+    path; credentials in a URI are refused (Ray writes the storage URI into the experiment state),
+    as are unknown schemes and paths that cannot be resolved (``~nobody``, NUL)."""
+    if has_credentials(value):
+        return value, "holds credentials, which Ray would store; use the cloud SDK's environment or profile"
+    scheme, sep, rest = value.partition("://")
+    if sep and scheme.lower() == "file":
+        value = unquote(urlparse(value).path) if rest.startswith("/") else rest
+        if not value.startswith("/"):
+            return value, "file:// needs an absolute path (file:///srv/ray)"
+    elif sep and scheme.lower() not in STORAGE_SCHEMES:
+        return value, f"unsupported scheme {scheme!r} (use a path or {', '.join(STORAGE_SCHEMES)})"
+    elif sep and not urlparse(value).netloc:
+        return value, "names no bucket"
+    if not value.partition("://")[1]:
+        try:
+            Path(value).expanduser().resolve()
+        except (RuntimeError, ValueError, OSError) as err:
+            return value, f"not a usable path ({err})"
+    return value, None
 
 
 def writable(folder: Path) -> str | None:

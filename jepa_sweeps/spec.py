@@ -15,14 +15,15 @@ import math
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
 from jepa_sweeps.objectives import REGISTRY
-from jepa_sweeps.redaction import has_credentials, shorten
-from jepa_sweeps.yaml_input import load_file, loads
+from jepa_sweeps.preflight import storage_location
+from jepa_sweeps.redaction import shorten
+from jepa_sweeps.yaml_input import load_file, loads, non_finite
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 MAX_OPTIONS = 1000  # each is validated as a trial config
@@ -185,7 +186,6 @@ class FailureSpec(Strict):
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")  # what pyarrow.fs (Ray's storage) opens
 
 
 class SweepSpec(Strict):
@@ -217,15 +217,9 @@ class SweepSpec(Strict):
     @classmethod
     def _finite(cls, data: Any) -> Any:
         """No infinity or NaN anywhere (search bounds, points, trial values): none is a setting."""
-        stack = [("", data)]
-        while stack:
-            key, value = stack.pop()
-            if isinstance(value, float) and not math.isfinite(value):
-                raise BadValue(key, value, "not a finite number")
-            if isinstance(value, dict):
-                stack += [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
-            elif isinstance(value, (list, tuple)):
-                stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        found = non_finite(data)
+        if found:
+            raise BadValue(*found, "not a finite number")
         return data
 
     @field_validator("trial")
@@ -252,23 +246,10 @@ class SweepSpec(Strict):
         storage URI into the sweep's experiment state."""
         if value is None:
             return value
-        if has_credentials(value):
-            raise BadValue("", value, "holds credentials, which Ray would store; use the cloud SDK's environment or profile")
-        scheme, sep, rest = value.partition("://")
-        if sep and scheme.lower() == "file":
-            value = unquote(urlparse(value).path) if rest.startswith("/") else rest
-            if not value.startswith("/"):
-                raise BadValue("", f"file://{rest}", "file:// needs an absolute path (file:///srv/ray)")
-        elif sep and scheme.lower() not in STORAGE_SCHEMES:
-            raise BadValue("", value, f"unsupported scheme {scheme!r} (use a path or {', '.join(STORAGE_SCHEMES)})")
-        elif sep and not urlparse(value).netloc:
-            raise BadValue("", value, "names no bucket")
-        if not sep:
-            try:
-                Path(value).expanduser().resolve()
-            except (RuntimeError, ValueError, OSError) as err:
-                raise BadValue("", value, f"not a usable path ({err})") from None
-        return value
+        path, problem = storage_location(value)
+        if problem:
+            raise BadValue("", value, problem)
+        return path
 
     @field_validator("search", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ expands to, and duplicate keys. Every refusal is a one-line ``ConfigError``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,21 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [n for pair in node.value for n in pair]
     return []
+
+
+def non_finite(data: Any) -> tuple[str, float] | None:
+    """The dotted key and value of an infinity or NaN anywhere in parsed ``data`` (YAML's ``.inf``,
+    ``.nan``, ``1e400``), or None: no setting takes one, and each failed only after a sweep started."""
+    stack = [("", data)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return key, value
+        if isinstance(value, dict):
+            stack += [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return None
 
 
 def loads(text: str, source: str) -> Any:

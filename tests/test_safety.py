@@ -152,15 +152,22 @@ SAFE_YAML = {"safe_load", "safe_load_all", "safe_dump", "safe_dump_all", "YAMLEr
 
 
 def test_yaml_is_only_safe_loaded() -> None:
-    used = set()
+    """Outside ``yaml_input`` (the bounded loader, built on ``SafeLoader``) only the safe functions
+    are used; nowhere is a loader that can build Python objects named."""
+    from jepa_sweeps import yaml_input
+
+    unsafe = {"load", "load_all", "full_load", "full_load_all", "unsafe_load", "unsafe_load_all", "Loader",
+              "FullLoader", "UnsafeLoader", "CLoader", "CFullLoader", "CUnsafeLoader"}
     for path in SOURCES:
         for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml":
-                used.add(node.attr)
-                assert node.attr in SAFE_YAML, f"{path.name}:{node.lineno}: yaml.{node.attr}"
+                assert node.attr not in unsafe, f"{path.name}:{node.lineno}: yaml.{node.attr}"
+                assert path.name == "yaml_input.py" or node.attr in SAFE_YAML, f"{path.name}:{node.lineno}: yaml.{node.attr}"
             if isinstance(node, ast.ImportFrom) and node.module == "yaml":
                 assert {a.name for a in node.names} <= SAFE_YAML, f"{path.name}:{node.lineno}"
-    assert "safe_load" in used
+    assert issubclass(yaml_input.BoundedLoader, yaml.SafeLoader)
+    with pytest.raises(ConfigError, match="YAML"):
+        yaml_input.loads("a: !!python/object/apply:os.system ['true']", "t")
 
 
 def test_torch_load_always_has_weights_only() -> None:
