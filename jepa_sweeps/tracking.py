@@ -134,6 +134,7 @@ class SweepLogger(LoggerCallback):
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.runs: dict[str, str] = {}
         self.configs: dict[str, TrialConfig] = {}
+        self.last_step: dict[str, int] = {}  # run id → last epoch logged
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
         self.client = BufferedClient(MlflowClient(connectable(self.tracking_uri)), journal=self.journal)
@@ -142,6 +143,11 @@ class SweepLogger(LoggerCallback):
             [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
         )
         self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in found if TRIAL_TAG in r.data.tags}
+        # A resumed trial repeats the epochs after its last checkpoint: those already logged are not logged twice.
+        self.last_step = {
+            r.info.run_id: max((m.step for m in self.client.get_metric_history(r.info.run_id, self.spec.metric)), default=0)
+            for r in found if TRIAL_TAG in r.data.tags and self.spec.metric in r.data.metrics
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "client"}
@@ -180,6 +186,9 @@ class SweepLogger(LoggerCallback):
         if run_id is None:
             return
         step = int(result.get("epoch", iteration))
+        if step <= self.last_step.get(run_id, 0):
+            return
+        self.last_step[run_id] = step
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, step)
