@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
         results = session.fit()
-        print(finish_sweep(spec, loc, session, results), flush=True)
+        print(redact(finish_sweep(spec, loc, session, results)), flush=True)
     except Exception:  # noqa: BLE001 - MLflow's and pyarrow's messages may quote the URI
         print(redact(traceback.format_exc()), file=sys.stderr)
         return 1
