@@ -510,3 +510,19 @@ def test_report_cli_refuses_before_writing(args: list[str], expected: str, sandb
     assert elapsed <= 15, elapsed
     if "{silent}" in " ".join(args) or silent_server in " ".join(args):
         assert silent_server in out.err  # names the server
+
+
+@pytest.mark.slow  # the SDK's region lookup takes ≈12 s to give up here
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]])
+def test_a_bucket_not_reachable_with_this_environment_is_refused_with_or_without_fresh(
+    fresh: list[str], sandbox: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    spec = tmp_path / "s3.yaml"
+    spec.write_text(doc(storage="s3://jepa-no-such-bucket-4d1e/ray"))
+    rc = main([str(spec), "--dry-run", *fresh])
+    err = capsys.readouterr().err
+    refused(rc, err, "not reachable with this environment's credentials")
+    assert "earlier sweep" not in err
