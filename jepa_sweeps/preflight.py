@@ -34,6 +34,8 @@ def storage_location(value: str) -> tuple[str, str | None]:
     """``(storage, problem)`` for the spec's ``storage``, without touching it: ``file://`` becomes a
     path; credentials in a URI are refused (Ray writes the storage URI into the experiment state),
     as are unknown schemes and paths that cannot be resolved (``~nobody``, NUL)."""
+    if not value.strip() or value != value.strip():
+        return value, "empty or surrounded by spaces"
     if has_credentials(value):
         return value, "holds credentials, which Ray would store; use the cloud SDK's environment or profile"
     scheme, sep, rest = value.partition("://")

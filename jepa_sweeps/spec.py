@@ -165,6 +165,8 @@ class MLflowSpec(Strict):
     def _uri(cls, value: str | None) -> str | None:
         """A malformed URI (bad port, unclosed IPv6 bracket) is refused here, not where it is used."""
         if value is not None:
+            if not value.strip() or value != value.strip():
+                raise BadValue("", value, "empty or surrounded by spaces")
             try:
                 urlparse(value).port
             except ValueError:  # its text quotes the netloc, which may hold a password

@@ -168,6 +168,8 @@ for label, uri, expected in [
     ("ftp", "ftp://127.0.0.1/mlflow", "unsupported scheme"),
     ("http_refused", "http://127.0.0.1:9/", "not reachable"),
     ("https_refused", "https://127.0.0.1:9/", "not reachable"),
+    ("empty", "", "empty"),
+    ("blank", "  ", "empty"),
 ]:
     case(f"tracking_{label}", doc(mlflow={"tracking_uri": uri}), expected)
 for label, storage, expected in [
@@ -178,6 +180,8 @@ for label, storage, expected in [
     ("unknown_scheme", "ftp://host/ray", "unsupported scheme"),
     ("s3_no_bucket", "s3:///ray", "names no bucket"),
     ("mock_scheme", "mock://x/ray", "unsupported scheme"),
+    ("empty", "", "empty"),
+    ("spaces", " /tmp/x", "surrounded by spaces"),
 ]:
     case(f"storage_{label}", doc(storage=storage), expected)
 
