@@ -365,7 +365,7 @@ def clean_refusal_or_plan(spec: Path, argv: list[str], capsys: pytest.CaptureFix
     return rc, out.out, out.err
 
 
-@settings(max_examples=150, deadline=None, database=None,
+@settings(max_examples=60, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(text=hostile_documents())
 def test_generated_hostile_yaml_is_refused_cleanly(text: str, sandbox: Path, tmp_path: Path,
