@@ -9,8 +9,10 @@ EXIT_USAGE = 2  # bad input: refused before anything started or was written
 
 
 def usage_error(message: str) -> int:
-    """Print ``error: message`` (credentials redacted) to stderr; the exit status to return."""
-    from jepa_sweeps.spec import redact
+    """Print ``error: message`` to stderr, at most three lines, each redacted and then shortened;
+    the exit status to return."""
+    from jepa_sweeps.redaction import shorten
 
-    print(f"error: {redact(message)}", file=sys.stderr)
+    lines = [shorten(line, 300) for line in message.splitlines()[:3]] or ["bad input"]
+    print("error: " + "\n".join(lines), file=sys.stderr)
     return EXIT_USAGE

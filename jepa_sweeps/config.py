@@ -7,18 +7,47 @@ level; errors are turned into short messages naming the key and the offending va
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, model_validator
 
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY
+from jepa_sweeps.redaction import shorten
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 UnitRange = tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes numbers and not booleans (``int``, ``float | None``, tuples of them)."""
+    args = get_args(annotation)
+    if annotation is bool or bool in args:
+        return False
+    if annotation in (int, float):
+        return True
+    return get_origin(annotation) is not Literal and any(_numeric(a) for a in args)
+
+
+class Numbers(BaseModel):
+    """Numbers are numbers: YAML's ``true`` is not 1, ``.inf``/``.nan`` are no setting's value
+    (pydantic accepts both by default; each failed only after a sweep had started)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, info in cls.model_fields.items():
+                value = data.get(name)
+                items = value if isinstance(value, (list, tuple)) else [value]
+                if any(isinstance(v, bool) for v in items) and _numeric(info.annotation):
+                    raise BadValue(name, value, "a boolean where a number is expected")
+        return data
+
+
+class Strict(Numbers):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BadValue(ValueError):
@@ -51,11 +80,20 @@ class DataConfig(Strict):
             if not (info.context or {}).get("check_paths", True):
                 return self
             try:
-                found = Path(self.path).expanduser().is_dir()
+                folder = Path(self.path).expanduser()
+                found = folder.is_dir()
             except RuntimeError:  # "~user" of an unknown user
                 found = False
             if not found:
                 raise BadValue("path", self.path, "no such folder")
+            if not folder.is_absolute():
+                raise BadValue("path", self.path, "relative: trials run in another working directory")
+            from jepa_sweeps.data.datasets import DataError, check_folder
+
+            try:
+                check_folder(self.name, folder)
+            except (DataError, OSError) as err:
+                raise BadValue("path", self.path, str(err).removeprefix(f"{self.name}: ")) from None
         return self
 
     @property
@@ -136,7 +174,7 @@ def _objective_models() -> tuple[type[BaseModel], ...]:
     return tuple(
         create_model(
             f"{name.capitalize()}Objective",
-            __base__=cls.Params,
+            __base__=(Numbers, cls.Params),
             name=(Literal[name], ...),  # type: ignore[valid-type]
         )
         for name, cls in sorted(REGISTRY.items())
@@ -284,14 +322,13 @@ def join_key(*parts: Any) -> str:
 
 def _short(value: Any) -> str:
     """``repr`` cut to one readable length: a message must not drown in a pasted value."""
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:76]}..."
+    return shorten(repr(value), 80)
 
 
 def _line(e: dict[str, Any], prefix: str) -> str:
     """One pydantic error as ``key=value: problem``."""
     loc, kind, value = e["loc"], e["type"], e.get("input")
-    key = join_key(prefix, *loc)
+    key = shorten(join_key(prefix, *loc), 120)
     error = (e.get("ctx") or {}).get("error")
     if isinstance(error, BadValue):
         return f"{join_key(key, *error.key.split('.'))}={_short(error.value)}: {error.problem}"

@@ -7,22 +7,21 @@ Bad input exits with status 2 and at most three lines, before Ray starts or anyt
 from __future__ import annotations
 
 import argparse
-import base64
-import http.client
+import dataclasses
 import json
 import os
 import socket
 import sys
-import urllib.error
-import urllib.request
+import traceback
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from jepa_sweeps.cli import usage_error
 from jepa_sweeps.config import ConfigError
 from jepa_sweeps.packing import cluster_capacity, local_capacity, pack
-from jepa_sweeps.spec import SweepSpec, load_spec, redact
+from jepa_sweeps.preflight import check_cluster, check_storage, check_tracking
+from jepa_sweeps.redaction import hide_credentials, redact, redact_logs, shorten
+from jepa_sweeps.spec import SweepSpec, load_spec
 from jepa_sweeps.storage import Locations, home, is_uri, locate, other_store, read_state
 
 
@@ -34,43 +33,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
     parser.add_argument("--fresh", action="store_true", help="start this sweep over (MLflow keeps old runs)")
     return parser.parse_args(argv)
-
-
-def creatable(folder: Path) -> bool:
-    """Whether ``folder`` exists or could be made, judged without creating anything."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    return existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
-
-
-def check_storage(storage: str) -> None:
-    """A local storage folder that cannot be made would only fail after Ray started."""
-    if not is_uri(storage) and not creatable(Path(storage)):
-        raise ConfigError(f"storage={storage!r}: cannot create this folder")
-
-
-def check_tracking(uri: str) -> None:
-    """Fail early (exit 2) on a tracking store that cannot work, without creating anything."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        try:
-            # urllib takes no credentials in a URL: send them as a header (as MLflow's client does).
-            bare = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
-            health = urllib.request.Request(f"{bare.rstrip('/')}/health")
-            if parsed.username is not None:
-                secret = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}"
-                health.add_header("Authorization", f"Basic {base64.b64encode(secret.encode()).decode()}")
-            with urllib.request.urlopen(health, timeout=10) as response:
-                if response.status != 200:
-                    raise ConfigError(f"mlflow.tracking_uri={uri!r}: server answered {response.status}")
-        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:
-            reason = getattr(err, "reason", err)
-            raise ConfigError(f"mlflow.tracking_uri={uri!r}: not reachable ({reason})") from None
-    elif parsed.scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not creatable(folder):
-            raise ConfigError(f"mlflow.tracking_uri={uri!r}: cannot create {folder}")
-    elif parsed.scheme not in ("databricks", "postgresql", "mysql", "mssql"):
-        raise ConfigError(f"mlflow.tracking_uri={uri!r}: unsupported scheme (use sqlite:///, http(s):// or a database URI)")
 
 
 def earlier_state(spec: SweepSpec, loc: Locations, fresh: bool) -> dict[str, Any] | None:
@@ -102,14 +64,14 @@ def plan(spec: SweepSpec, loc: Locations, resume: bool) -> str:
     for key, dist in spec.searched.items():
         lines.append(f"  search {key}: {dist.text()}")
     for point in spec.points:
-        lines.append(f"  point {json.dumps(point)}")
+        lines.append(f"  point {shorten(json.dumps(point), 300)}")
     lines += [
         resources_line(spec),
         *([f"  budget: {budget_text(spec)} (no trial starts that would exceed it)"] if spec.budget else []),
         f"  storage: {redact(loc.folder)}",
         f"  mlflow:  {redact(loc.tracking_uri)} (experiment {loc.experiment!r})",
     ]
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def resources_line(spec: SweepSpec) -> str:
@@ -220,8 +182,17 @@ def refuse_local_storage(storage: str, hosts: int) -> None:
         )
 
 
+def without_credentials(spec: SweepSpec, loc: Locations) -> tuple[SweepSpec, Locations]:
+    """The spec and locations Ray and Tune get (and pickle into storage): the tracking URI's
+    credentials moved into this process's environment, where MLflow's client finds them."""
+    uri = hide_credentials(loc.tracking_uri)
+    mlflow = spec.mlflow.model_copy(update={"tracking_uri": uri if spec.mlflow.tracking_uri else None})
+    return spec.model_copy(update={"mlflow": mlflow}), dataclasses.replace(loc, tracking_uri=uri)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    redact_logs()
     try:
         spec = load_spec(args.spec, args.overrides)
         loc = locate(spec)
@@ -248,18 +219,24 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow prints a "View run" link per finished run, with any credentials of the tracking URI;
     # the summary ends with one link, redacted.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    init_ray(loc)
     try:
+        init_ray(loc)
         check_storage_reaches_every_node(loc.storage)
         if on_cluster() and spec.resources.pack == "auto":
             spec = pack(spec, *cluster_capacity())
             print(resources_line(spec), flush=True)
             check_digest(spec, state, args.fresh)
+        check_cluster(spec.resources)
     except ConfigError as err:
         return usage_error(str(err))
-    session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
-    results = session.fit()
-    print(finish_sweep(spec, loc, session, results), flush=True)
+    spec, loc = without_credentials(spec, loc)  # after Ray started: its processes inherit no password
+    try:
+        session = start_sweep(spec, loc, state if resume else None, fresh=args.fresh)
+        results = session.fit()
+        print(redact(finish_sweep(spec, loc, session, results)), flush=True)
+    except Exception:  # noqa: BLE001 - MLflow's and pyarrow's messages may quote the URI
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
@@ -25,15 +24,12 @@ from jepa_sweeps.data.datasets import is_flat_folder
 from jepa_sweeps.evaluation.selection import MODES, NEEDS_LABELS
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY, has_param
 from jepa_sweeps.precision import resolve
+from jepa_sweeps.preflight import storage_location
+from jepa_sweeps.redaction import shorten
+from jepa_sweeps.yaml_input import load_file, loads, non_finite
 
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@")  # scheme://user:password@
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it replaced by ``***``:
-    what is printed or logged must not carry the credentials a URI in a spec may hold."""
-    return CREDENTIALS.sub(r"\1***@", text)
+MAX_OPTIONS = 1000  # each is validated as a trial config
 
 
 class Distribution(Strict):
@@ -68,7 +64,9 @@ class Distribution(Strict):
         arg = value[kind]
         if kind == "choice":
             if not isinstance(arg, list) or not arg:
-                raise ValueError(f"choice needs a non-empty list, got {arg!r}")
+                raise ValueError(f"choice needs a non-empty list, got {shorten(repr(arg))}")
+            if len(arg) > MAX_OPTIONS:
+                raise ValueError(f"choice of {len(arg)} options: at most {MAX_OPTIONS}")
             options = tuple(Distribution.model_validate(o) if isinstance(o, dict) else o for o in arg)
             return {"kind": kind, "options": options, "when": when}
         if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
@@ -130,8 +128,8 @@ class SchedulerSpec(Strict):
 
 
 class OptunaSpec(Strict):
-    seed: int = Field(0, ge=0)
-    n_startup_trials: int | None = Field(None, ge=0, description="random trials before TPE acts")
+    seed: int = Field(0, ge=0, lt=2**32, description="numpy's RandomState takes 0 ≤ seed < 2³²")
+    n_startup_trials: int | None = Field(None, ge=0, le=100000, description="random trials before TPE acts")
 
 
 class ResourcesSpec(Strict):
@@ -146,6 +144,19 @@ class ResourcesSpec(Strict):
     pack: Literal["off", "auto"] = Field(
         "off", description="auto: the runner chooses concurrent trials and shares from the cluster (jepa_sweeps.packing)"
     )
+    cluster_max: dict[str, float] = Field(
+        default_factory=dict, description="what an autoscaling cluster can grow to, e.g. {CPU: 64, GPU: 8}"
+    )
+
+    @field_validator("driver_resources", "cluster_max")
+    @classmethod
+    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not RESOURCE.fullmatch(name):
+                raise BadValue(name, amount, "not a resource name (letters, digits, '_', '-', ':', '.', '/')")
+            if not 0 < amount <= 1e9:
+                raise BadValue(name, amount, "must be a positive amount")
+        return value
 
 
 class BudgetSpec(Strict):
@@ -161,6 +172,9 @@ class BudgetSpec(Strict):
         return self
 
 
+RESOURCE = re.compile(r"[A-Za-z_][A-Za-z0-9_:./-]*")
+
+
 class MLflowSpec(Strict):
     tracking_uri: str | None = None
     experiment: str | None = Field(None, min_length=1, max_length=200)
@@ -170,10 +184,12 @@ class MLflowSpec(Strict):
     def _uri(cls, value: str | None) -> str | None:
         """A malformed URI (bad port, unclosed IPv6 bracket) is refused here, not where it is used."""
         if value is not None:
+            if not value.strip() or value != value.strip():
+                raise BadValue("", value, "empty or surrounded by spaces")
             try:
                 urlparse(value).port
-            except ValueError as err:
-                raise BadValue("", value, f"not a valid URI ({err})") from None
+            except ValueError:  # its text quotes the netloc, which may hold a password
+                raise BadValue("", value, "not a valid URI (a port that is not a number, or an unclosed '[')") from None
         return value
 
     @field_validator("experiment")
@@ -219,16 +235,43 @@ class SweepSpec(Strict):
             raise BadValue("", value, "use letters, digits, '_', '.', '-' (starting with a letter or digit)")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _finite(cls, data: Any) -> Any:
+        """No infinity or NaN anywhere (search bounds, points, trial values): none is a setting."""
+        found = non_finite(data)
+        if found:
+            raise BadValue(*found, "not a finite number")
+        return data
+
+    @field_validator("trial")
+    @classmethod
+    def _absolute_data_path(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Trials run in another working directory: a relative ``data.path`` is resolved here,
+        against the directory the runner was started in."""
+        path = get_path(value, "data.path")
+        if isinstance(path, str) and path and "\0" not in path and "://" not in path:
+            try:
+                absolute = Path(path).expanduser().absolute()
+            except RuntimeError:  # "~user" of an unknown user: DataConfig names it
+                return value
+            if str(absolute) != path:
+                value = copy.deepcopy(value)
+                set_path(value, "data.path", str(absolute))
+        return value
+
     @field_validator("storage")
     @classmethod
     def _storage(cls, value: str | None) -> str | None:
-        """Resolved before Ray starts: a path that cannot be (``~nobody``, NUL) is a spec error."""
-        if value is not None and "://" not in value:
-            try:
-                Path(value).expanduser().resolve()
-            except (RuntimeError, ValueError, OSError) as err:
-                raise BadValue("", value, f"not a usable path ({err})") from None
-        return value
+        """Resolved before Ray starts: a path that cannot be (``~nobody``, NUL) is a spec error,
+        ``file://`` becomes a path, and a URI holding credentials is refused: Ray writes the
+        storage URI into the sweep's experiment state."""
+        if value is None:
+            return value
+        path, problem = storage_location(value)
+        if problem:
+            raise BadValue("", value, problem)
+        return path
 
     @field_validator("search", mode="before")
     @classmethod
@@ -298,11 +341,12 @@ class SweepSpec(Strict):
             base = TrialConfig.model_validate(self.base_trial())
         except ValidationError as err:
             raise ValueError(describe(err, prefix="trial")) from None
-        self._check_metric(base)
-        self._check_search()
+        configs = self._check_search()
+        self._check_label_free(base)
+        self._check_metric([self.trial_for({}), *configs])
         return self
 
-    def _check_metric(self, base: TrialConfig) -> None:
+    def _check_label_free(self, base: TrialConfig) -> None:
         """Label-free scores have a fixed better direction; labelled metrics need labelled data."""
         if self.metric in MODES and self.mode != MODES[self.metric]:
             raise BadValue("mode", self.mode, f"{self.metric} is better {'higher' if MODES[self.metric] == 'max' else 'lower'}: "
@@ -311,6 +355,19 @@ class SweepSpec(Strict):
         unlabelled = data.labels == "none" or (data.name == "imagefolder" and is_flat_folder(data.path))
         if unlabelled and self.metric in NEEDS_LABELS:
             raise BadValue("metric", self.metric, f"needs labels, and the data has none: use one of {', '.join(MODES)}")
+
+    def _check_metric(self, configs: list[TrialConfig]) -> None:
+        """The metric must be in every report of every trial (Tune, ASHA and Optuna read it per epoch)."""
+        from jepa_sweeps.train import FINAL_METRICS, reported_metrics
+
+        reported = frozenset.intersection(*(reported_metrics(c) for c in configs))
+        if self.metric in reported:
+            return
+        if self.metric in FINAL_METRICS:
+            raise BadValue("metric", self.metric, "reported after the last epoch only; the sweep needs it every epoch")
+        main = sorted(m for m in reported if not re.search(r"_l\d+", m))
+        shown = ", ".join(main) if len(", ".join(main)) < 200 else ", ".join(main)[:197] + "..."
+        raise BadValue("metric", self.metric, f"not reported by every trial; choose among {shown}")
 
     def _objective_names(self) -> list[str]:
         dist = self.search.get("objective.name")
@@ -325,7 +382,9 @@ class SweepSpec(Strict):
             return names
         return [get_path(self.base_trial(), "objective.name", DEFAULT_OBJECTIVE)]
 
-    def _check_search(self) -> None:
+    def _check_search(self) -> list[TrialConfig]:
+        """Checks searched keys and points; returns the trial configs of their extremes."""
+        configs = []
         names = self._objective_names()
         base = self.base_trial()
         for key, dist in self.searched.items():
@@ -350,9 +409,9 @@ class SweepSpec(Strict):
                     holder = next(n for n in (dist.when or names) if has_param(n, key.split(".", 1)[1]))
                     params["objective.name"] = holder
                 try:
-                    self.trial_for(params)
+                    configs.append(self.trial_for(params))
                 except ValidationError as err:
-                    raise ValueError(f"search.{key}={value!r}: {describe(err, prefix='trial', limit=1)}") from None
+                    raise ValueError(f"search.{key}={shorten(repr(value))}: {describe(err, prefix='trial', limit=1)}") from None
         for i, point in enumerate(self.points):
             for key, value in point.items():
                 if key not in self.searched:
@@ -360,9 +419,10 @@ class SweepSpec(Strict):
                 if not self.searched[key].contains(value):
                     raise ValueError(f"points[{i}].{key}={value!r}: outside its search range")
             try:
-                self.trial_for(point)
+                configs.append(self.trial_for(point))
             except ValidationError as err:
                 raise ValueError(f"points[{i}]: {describe(err, prefix='trial', limit=1)}") from None
+        return configs
 
     def digest(self) -> str:
         """Hash of what determines the results (not where they are written)."""
@@ -402,9 +462,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}={text!r}: not a valid YAML value") from None
+            value = loads(text, f"--set {key}")
+        except ConfigError as err:
+            raise ConfigError(f"--set {key}={shorten(repr(text))}: not a valid YAML value ({str(err).split(': ', 1)[-1]})") from None
         if key.split(".")[0] not in top:
             key = f"trial.{key}"
         if key.startswith("search."):
@@ -427,20 +487,7 @@ def parse_spec(raw: Any, source: str = "spec") -> SweepSpec:
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
     """Read, override and validate a spec file; the only entry point the CLI needs."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"spec file {str(path)!r}: not found")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except OSError as err:
-        raise ConfigError(f"spec file {str(path)!r}: cannot read ({err.strerror})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    raw = load_file(path)
     if raw is None:
         raise ConfigError(f"{path}: empty spec (at least 'name' is needed)")
     if isinstance(raw, dict):

@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.redaction import redact
+from jepa_sweeps.spec import SweepSpec
 
 SWEEP_STATE_FILE = "jepa_sweeps.json"
 TUNE_FOLDER = "tune"  # Tune's experiment name inside the sweep's folder
@@ -95,12 +96,20 @@ def locate(spec: SweepSpec) -> Locations:
         storage = str(Path(storage).expanduser().resolve())
     uri = spec.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home() / 'mlflow.db'}"
     parsed = urlparse(uri)
-    if parsed.scheme == "sqlite":
+    if parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         uri = f"sqlite:///{Path(path).expanduser().resolve()}"
-    elif not parsed.scheme:
+    elif not parsed.scheme and uri != "databricks":  # MLflow's name for the Databricks workspace
         uri = f"sqlite:///{Path(uri).expanduser().resolve()}"
     return Locations(storage, uri, spec.mlflow.experiment or spec.name, spec.name)
+
+
+def queue_file(loc: Locations) -> Path:
+    """The append-only journal of MLflow writes queued during an outage (``retry.BufferedClient``):
+    in the sweep's folder, or under the home when storage is a bucket (no appending there)."""
+    if is_uri(loc.storage):
+        return home() / "queues" / f"{loc.name}.jsonl"
+    return Path(loc.folder) / "mlflow_queue.jsonl"
 
 
 def read_state(loc: Locations) -> Any:

@@ -28,12 +28,14 @@ from jepa_sweeps.accounting import (
 )
 from jepa_sweeps.progress import Progress, quiet_tune
 from jepa_sweeps.space import SearchSpace, trial_params
-from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.redaction import connectable, redact
+from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.storage import (
     TUNE_FOLDER,
     Locations,
     delete_sweep,
     filesystem,
+    queue_file,
     report_folder,
     tracking_record,
     write_state,
@@ -216,7 +218,8 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
 
     if fresh:
         delete_sweep(loc)
-    client = MlflowClient(loc.tracking_uri)
+        queue_file(loc).unlink(missing_ok=True)
+    client = MlflowClient(connectable(loc.tracking_uri))
     experiment_id = ensure_experiment(client, loc.experiment, loc.artifact_root)
     parent = state.get("parent_run_id") if state else None
     if parent is None or not _run_exists(client, parent):
@@ -238,7 +241,7 @@ def start_sweep(spec: SweepSpec, loc: Locations, state: dict[str, Any] | None, f
         "digest": spec.digest(), "parent_run_id": parent, "experiment_id": experiment_id,
         "tracking": tracking_record(loc.tracking_uri),
     })
-    logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent)
+    logger = SweepLogger(spec, loc.tracking_uri, experiment_id, parent, queue_file(loc))
     quiet_tune()
     # Accounting logs a trial's cost before the logger closes its run; Tune's JSON results back its ResultGrid.
     callbacks = [Progress(spec), Accounting(spec, logger), logger, JsonLoggerCallback()]

@@ -29,7 +29,8 @@ from jepa_sweeps import names
 from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.names import PARENT_TAG, REPEATS_TAG, STATUS_TAG, TRIAL_TAG
 from jepa_sweeps.retry import BufferedClient
-from jepa_sweeps.spec import SweepSpec, redact
+from jepa_sweeps.redaction import connectable, redact
+from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.storage import filesystem
 from jepa_sweeps.train import ARTIFACTS_DIR
 
@@ -121,20 +122,32 @@ def runs_link(tracking_uri: str, experiment_id: str) -> str:
 
 
 class SweepLogger(LoggerCallback):
-    """Tune callback writing child runs under ``parent_run_id``."""
+    """Tune callback writing child runs under ``parent_run_id``.
 
-    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment_id: str, parent_run_id: str):
-        self.spec, self.tracking_uri = spec, tracking_uri
+    It is pickled into the Tune experiment state in storage: ``tracking_uri`` must hold no
+    credentials (the runner's ``without_credentials``); ``connectable`` finds them at setup.
+    """
+
+    def __init__(self, spec: SweepSpec, tracking_uri: str, experiment_id: str, parent_run_id: str,
+                 journal: Path | None = None):
+        self.spec, self.tracking_uri, self.journal = spec, tracking_uri, journal
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
         self.runs: dict[str, str] = {}
         self.configs: dict[str, TrialConfig] = {}
+        self.last_step: dict[str, int] = {}  # run id → last epoch logged
 
     def setup(self, *args: Any, **kwargs: Any) -> None:
-        self.client = BufferedClient(MlflowClient(self.tracking_uri))
+        self.client = BufferedClient(MlflowClient(connectable(self.tracking_uri)), journal=self.journal)
+        self.client.flush()  # an earlier driver's queued writes first: the runs they create count below
         found = self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.{PARENT_TAG} = '{self.parent_run_id}'", max_results=10000
         )
         self.runs = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in found if TRIAL_TAG in r.data.tags}
+        # A resumed trial repeats the epochs after its last checkpoint: those already logged are not logged twice.
+        self.last_step = {
+            r.info.run_id: max((m.step for m in self.client.get_metric_history(r.info.run_id, self.spec.metric)), default=0)
+            for r in found if TRIAL_TAG in r.data.tags and self.spec.metric in r.data.metrics
+        }
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "client"}
@@ -173,6 +186,9 @@ class SweepLogger(LoggerCallback):
         if run_id is None:
             return
         step = int(result.get("epoch", iteration))
+        if step <= self.last_step.get(run_id, 0):
+            return
+        self.last_step[run_id] = step
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, step)

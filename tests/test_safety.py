@@ -145,15 +145,22 @@ SAFE_YAML = {"safe_load", "safe_load_all", "safe_dump", "safe_dump_all", "YAMLEr
 
 
 def test_yaml_is_only_safe_loaded() -> None:
-    used = set()
+    """Outside ``yaml_input`` (the bounded loader, built on ``SafeLoader``) only the safe functions
+    are used; nowhere is a loader that can build Python objects named."""
+    from jepa_sweeps import yaml_input
+
+    unsafe = {"load", "load_all", "full_load", "full_load_all", "unsafe_load", "unsafe_load_all", "Loader",
+              "FullLoader", "UnsafeLoader", "CLoader", "CFullLoader", "CUnsafeLoader"}
     for path in SOURCES:
         for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "yaml":
-                used.add(node.attr)
-                assert node.attr in SAFE_YAML, f"{path.name}:{node.lineno}: yaml.{node.attr}"
+                assert node.attr not in unsafe, f"{path.name}:{node.lineno}: yaml.{node.attr}"
+                assert path.name == "yaml_input.py" or node.attr in SAFE_YAML, f"{path.name}:{node.lineno}: yaml.{node.attr}"
             if isinstance(node, ast.ImportFrom) and node.module == "yaml":
                 assert {a.name for a in node.names} <= SAFE_YAML, f"{path.name}:{node.lineno}"
-    assert "safe_load" in used
+    assert issubclass(yaml_input.BoundedLoader, yaml.SafeLoader)
+    with pytest.raises(ConfigError, match="YAML"):
+        yaml_input.loads("a: !!python/object/apply:os.system ['true']", "t")
 
 
 def test_torch_load_always_has_weights_only() -> None:
@@ -259,15 +266,16 @@ SECRET, PASSWORD = "SECRET123xyz", "PASSWORD456xyz"
 @pytest.mark.ray
 def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path: Path) -> None:
     """A one-trial sweep through the CLI with a secret in the environment and a password in the
-    tracking URI: no param, tag, metric name or artifact of any run, and no line it prints, holds
-    either (the plan and the runs link show the URI as ``user:***@``)."""
+    tracking URI: no param, tag, metric name or artifact of any run, no line it prints, and no file
+    it leaves (Tune's tuner.pkl and experiment state, Train's checkpoints and state, Ray's session
+    logs) holds either. The plan shows the URI as ``***@``; Tune is handed it without credentials."""
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
     ray_tmp = f"/tmp/rt{os.getpid()}"
+    spec = tmp_path.parent / f"{tmp_path.name}-secrets.yaml"  # outside the scanned folder
     try:
         server.wait_healthy()
         uri = f"http://jepa:{PASSWORD}@127.0.0.1:{server.port}"
-        spec = tmp_path / "secrets.yaml"
         spec.write_text(yaml.safe_dump({
             "name": "secrets",
             "trial": {"epochs": 1, "optim": {"batch_size": 64}, "views": {"n_global": 2, "n_local": 0},
@@ -283,7 +291,7 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
         done = subprocess.run([sys.executable, "-m", "jepa_sweeps.run", str(spec)], env=env, cwd=tmp_path,
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert "jepa:***@127.0.0.1" in done.stdout
+        assert "***@127.0.0.1" in done.stdout
         for secret in (SECRET, PASSWORD):
             assert secret not in done.stdout and secret not in done.stderr
 
@@ -296,9 +304,17 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
             texts += list(run.data.metrics)
             local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts" / run.info.run_id)))
             texts += [f.read_bytes().decode("latin-1") for f in local.rglob("*") if f.is_file()]
-        assert any("jepa:***@127.0.0.1" in t for t in texts)  # the scan saw the spec artifact
+        assert any(f"tracking_uri: http://127.0.0.1:{server.port}" in t for t in texts)  # the spec artifact
         for secret in (SECRET, PASSWORD):
             assert not [t[:200] for t in texts if secret in t], secret
+        stored = [f for f in (tmp_path / "home").rglob("*") if f.is_file()]
+        assert any(f.name == "tuner.pkl" for f in stored) and any(f.name.startswith("experiment_state") for f in stored)
+        assert any(".train" in str(f) for f in stored)  # Train's checkpoints and state
+        scanned = [*tmp_path.rglob("*"), *Path(ray_tmp).rglob("*")]
+        leaks = [str(f) for f in scanned if f.is_file() and PASSWORD.encode() in f.read_bytes()]
+        leaks += [str(f) for f in stored if SECRET.encode() in f.read_bytes()]
+        assert not leaks, leaks
     finally:
+        spec.unlink(missing_ok=True)
         _clean_up_ray(ray_tmp)
         server.stop()

@@ -13,6 +13,9 @@ import yaml
 
 from jepa_sweeps.space import SearchSpace, trial_params
 from jepa_sweeps.spec import SweepSpec, apply_overrides, load_spec, parse_spec
+from tests.fake_datasets import write_cifar10, write_cifar100, write_stl10
+
+FAKE = {"cifar10": write_cifar10, "cifar100": write_cifar100, "stl10": write_stl10}
 
 SEARCH_SPACES = sorted((Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
 UNION = {"choice": [0, {"loguniform": [0.001, 0.5]}]}
@@ -36,7 +39,9 @@ def ask(space: SearchSpace, point: dict[str, Any] | None = None) -> dict[str, An
 def test_search_spaces_validate(path: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(path.read_text()).get("trial", {}).get("data", {})
     # a cluster spec names its dataset folder there; here it is checked with a stand-in folder
-    moved = ["trial.data.path=" + str(tmp_path)] if data.get("path") and not Path(data["path"]).is_dir() else []
+    moved = []
+    if data.get("path") and not Path(data["path"]).is_dir():
+        moved = ["trial.data.path=" + str(FAKE[data["name"]](tmp_path / "data"))]
     loaded = load_spec(path, moved)
     loaded.trial_for({})
     space = SearchSpace(loaded)

@@ -13,6 +13,7 @@ import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -131,6 +132,36 @@ def load_dataset(
         test_labels=torch.from_numpy(np.require(test_y, np.int64, ["C", "W"])),
         num_classes=num_classes,
     )
+
+
+def check_folder(name: str, path: str | os.PathLike[str]) -> None:
+    """Cheaply check that ``path`` holds ``name``'s files (validation, before anything starts):
+    the files exist and are not empty, ImageFolder has train/ and val/ with the same classes and
+    an image in each; nothing is decoded. Raises ``DataError``."""
+    root = _root(name, path)
+    if name in _CIFAR:
+        layout = _CIFAR[name]
+        files = (*layout.train, layout.test)
+        folder = _locate(name, root, layout.folder, files, layout.what, layout.expected)
+    elif name == "stl10":
+        folder = _locate("stl10", root, "stl10_binary", _STL_FILES, "STL-10 binaries", ", ".join(_STL_FILES))
+        files = _STL_FILES
+    elif name == "imagefolder":
+        if is_flat_folder(root):
+            if len(_image_files(root)) < 2:
+                raise DataError(f"imagefolder: {root} holds 1 image; a flat folder needs at least 2")
+            return
+        for split_dir, classes in _imagefolder_classes(root):
+            for cls in classes:
+                if next(_images(split_dir / cls), None) is None:
+                    looked_for = ", ".join(IMAGE_SUFFIXES)
+                    raise DataError(f"imagefolder: no images in {split_dir / cls} (looked for {looked_for})")
+        return
+    else:
+        return
+    empty = [f for f in files if (folder / f).stat().st_size == 0]
+    if empty:
+        raise DataError(f"{name}: empty file {folder / empty[0]}")
 
 
 def _image_tensor(images: np.ndarray, size: int | None) -> torch.Tensor:
@@ -325,11 +356,10 @@ def _read_bytes(file: Path) -> np.ndarray:
 # ---- ImageFolder -------------------------------------------------------------------------------
 
 
-def _imagefolder(root: Path, size: int) -> _Arrays:
+def _imagefolder_classes(root: Path) -> list[tuple[Path, list[str]]]:
+    """The train and val (or test) folders with their class names, which must agree."""
     train_dir = root / "train"
     test_dir = next((root / s for s in ("val", "test") if (root / s).is_dir()), None)
-    if is_flat_folder(root):
-        return _flat_folder(root, size)
     if not train_dir.is_dir() or test_dir is None:
         raise DataError(
             f"imagefolder: expected train/ and val/ (or test/) folders, or a flat folder of images, in {root}"
@@ -343,6 +373,17 @@ def _imagefolder(root: Path, size: int) -> _Arrays:
             f"imagefolder: class folders differ between {train_dir} and {test_dir} "
             f"(only in train: {only_train}; only in {test_dir.name}: {only_test})"
         )
+    return [(train_dir, classes), (test_dir, classes)]
+
+
+def _images(folder: Path) -> Iterator[Path]:
+    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _imagefolder(root: Path, size: int) -> _Arrays:
+    if is_flat_folder(root):
+        return _flat_folder(root, size)
+    (train_dir, classes), (test_dir, _) = _imagefolder_classes(root)
     train_x, train_y = _folder_split(train_dir, classes, size)
     test_x, test_y = _folder_split(test_dir, classes, size)
     return train_x, train_y, test_x, test_y, len(classes)
@@ -382,9 +423,7 @@ def _folder_split(split_dir: Path, classes: list[str], size: int) -> tuple[np.nd
     files: list[Path] = []
     labels: list[int] = []
     for label, cls in enumerate(classes):
-        found = sorted(
-            p for p in (split_dir / cls).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        found = sorted(_images(split_dir / cls))
         if not found:
             looked_for = ", ".join(IMAGE_SUFFIXES)
             raise DataError(f"imagefolder: no images in {split_dir / cls} (looked for {looked_for})")
