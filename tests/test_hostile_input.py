@@ -273,7 +273,7 @@ def test_relative_data_path_is_resolved_against_the_working_directory(tmp_path: 
     loaded = load_spec(spec_file)
     assert loaded.trial["data"]["path"] == str(tmp_path / "cifar")
     monkeypatch.chdir("/")
-    assert loaded.trial_config({}).data.path == str(tmp_path / "cifar")
+    assert loaded.trial_for({}).data.path == str(tmp_path / "cifar")
 
 
 def test_a_merge_key_then_an_explicit_key_is_no_duplicate(tmp_path: Path) -> None:
@@ -502,7 +502,7 @@ def silent_server() -> Any:
 ])
 def test_report_cli_refuses_before_writing(args: list[str], expected: str, sandbox: Path, silent_server: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from jepa_sweeps.report import main as report
+    from jepa_sweeps.report.cli import main as report
 
     args = [a.replace("{silent}", silent_server) for a in args]
     started = time.monotonic()

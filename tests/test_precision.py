@@ -18,6 +18,7 @@ from jepa_sweeps.objectives.sigreg import sigreg_statistic
 from jepa_sweeps.precision import Precision, compile_module, fp32, resolve
 from jepa_sweeps.spec import parse_spec
 from tests.distributed_utils import run_distributed
+from tests.fake_datasets import write_cifar100
 
 V, N, K = 4, 32, 16  # N is the global batch; each of 2 ranks holds N/2
 BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -189,7 +190,8 @@ def test_gpu_spec_dry_run_shows_its_precision(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path / "home"))
     spec = Path(__file__).resolve().parents[1] / "search_spaces" / "cifar100_vit_nano.yaml"
-    assert main([str(spec), "--dry-run", "--set", f"trial.data.path={tmp_path}"]) == 0
+    data = write_cifar100(tmp_path / "cifar100")
+    assert main([str(spec), "--dry-run", "--set", f"trial.data.path={data}"]) == 0
     out = capsys.readouterr().out
     assert "precision bf16, compile off" in out and "+ 1.0 GPU" in out
     assert not (tmp_path / "home").exists()

@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.retry import BufferedClient
-from tests.mlflow_server import MlflowServer
+from tests.conftest import MlflowServer
 from tests.test_safety import _clean_up_ray
 
 DOWN = "http://127.0.0.1:9"  # nothing listens: every write fails as in an outage
