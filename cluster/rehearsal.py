@@ -392,6 +392,7 @@ def create_bucket(r: Rehearsal) -> None:
     S3FileSystem(
         access_key=AWS_ENV["AWS_ACCESS_KEY_ID"], secret_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
         region=AWS_ENV["AWS_DEFAULT_REGION"], endpoint_override=r.s3_endpoint, scheme="http",
+        allow_bucket_creation=True,
     ).create_dir(BUCKET)
 
 
