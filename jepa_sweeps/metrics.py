@@ -26,7 +26,7 @@ def reported_metrics(cfg: TrialConfig) -> frozenset[str]:
     """The metric names every epoch's report of ``cfg``'s trial holds (what a sweep may optimise).
 
     The loss terms and schedule values are whatever the objective returns: asked of the objective
-    itself, on a tiny batch. ``tests/test_train.py`` checks the whole set against real runs.
+    itself, on a tiny batch. ``tests/test_reported_metrics.py`` checks the whole set against real runs.
     """
     names = {*LOOP_METRICS, *EVAL_METRICS, *_objective_terms(cfg.objective.name, tuple(cfg.objective_params.items()))}
     labelled = cfg.data.labels != "none" and not (cfg.data.name == "imagefolder" and is_flat_folder(cfg.data.path))
