@@ -22,9 +22,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import Row, median, now, timed
 from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.data.datasets import ImageDataset, load_dataset
+from jepa_sweeps.models.lejepa import LeJEPA, build_model
 from jepa_sweeps.objectives import build
 from jepa_sweeps.spec import load_spec
-from jepa_sweeps.train import LeJEPA, build_model, build_views, make_optimizer
+from jepa_sweeps.train import build_views, make_optimizer
 
 PHASES = ("views", "encoder_fwd", "objective", "encoder_bwd", "optimizer")
 OBJECTIVES = ("sigreg", "vicreg", "infonce", "ema")

@@ -88,7 +88,8 @@ class DataConfig(Strict):
                 raise BadValue("path", self.path, "no such folder")
             if not folder.is_absolute():
                 raise BadValue("path", self.path, "relative: trials run in another working directory")
-            from jepa_sweeps.data.datasets import DataError, check_folder
+            from jepa_sweeps.data.base import DataError
+            from jepa_sweeps.data.datasets import check_folder
 
             try:
                 check_folder(self.name, folder)

@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, has_param
-from jepa_sweeps.spec import Distribution, SweepSpec
+from jepa_sweeps.distributions import Distribution
+from jepa_sweeps.spec import SweepSpec
 
 BRANCH = "|branch"  # suffix of the categorical that picks a branch of a union ("0 or loguniform")
 

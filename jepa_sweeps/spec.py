@@ -11,199 +11,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from jepa_sweeps.config import BadValue, ConfigError, Strict, TrialConfig, describe
-from jepa_sweeps.data.datasets import is_flat_folder
+from jepa_sweeps.data.imagefolder import is_flat_folder
+from jepa_sweeps.distributions import Distribution
 from jepa_sweeps.evaluation.selection import MODES, NEEDS_LABELS
 from jepa_sweeps.objectives import DEFAULT_OBJECTIVE, REGISTRY, has_param
 from jepa_sweeps.precision import resolve
 from jepa_sweeps.preflight import storage_location
 from jepa_sweeps.redaction import shorten
+from jepa_sweeps.spec_sections import BudgetSpec, FailureSpec, MLflowSpec, OptunaSpec, ResourcesSpec, SchedulerSpec
 from jepa_sweeps.yaml_input import load_file, loads, non_finite
-
-DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
-MAX_OPTIONS = 1000  # each is validated as a trial config
-
-
-class Distribution(Strict):
-    """One searched parameter: ``{loguniform: [lo, hi]}``, ``{uniform: ...}``, ``{int: ...}``,
-    ``{choice: [...]}`` (items may themselves be distributions: "0 or loguniform[1e-3, 0.5]"),
-    optionally ``when: <objective name(s)>``."""
-
-    kind: Literal["uniform", "loguniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    options: tuple[Any, ...] = ()
-    when: tuple[str, ...] = ()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_yaml(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or "kind" in value:
-            return value
-        value = dict(value)
-        when = value.pop("when", [])
-        if not isinstance(when, (str, list)):
-            raise ValueError(f"when={when!r}: expected an objective name or a list of them")
-        when = (when,) if isinstance(when, str) else tuple(when)
-        kinds = [k for k in value if k in DISTRIBUTIONS]
-        if len(kinds) != 1:
-            raise ValueError(
-                f"expected exactly one of {', '.join(DISTRIBUTIONS)} (and optionally when), got {list(value)}"
-            )
-        if len(value) != 1:
-            raise ValueError(f"unknown key {next(k for k in value if k != kinds[0])!r} beside {kinds[0]}")
-        kind = kinds[0]
-        arg = value[kind]
-        if kind == "choice":
-            if not isinstance(arg, list) or not arg:
-                raise ValueError(f"choice needs a non-empty list, got {shorten(repr(arg))}")
-            if len(arg) > MAX_OPTIONS:
-                raise ValueError(f"choice of {len(arg)} options: at most {MAX_OPTIONS}")
-            options = tuple(Distribution.model_validate(o) if isinstance(o, dict) else o for o in arg)
-            return {"kind": kind, "options": options, "when": when}
-        if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(a, (int, float)) for a in arg)):
-            raise ValueError(f"{kind} needs [low, high], got {arg!r}")
-        return {"kind": kind, "low": arg[0], "high": arg[1], "when": when}
-
-    @model_validator(mode="after")
-    def _bounds(self) -> Distribution:
-        if self.kind == "choice" and not self.options:
-            raise ValueError("choice needs a non-empty list of options")
-        if self.kind != "choice":
-            if self.low is None or self.high is None:
-                raise ValueError(f"{self.kind} needs [low, high]")
-            if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
-                raise ValueError(f"{self.kind}[{self.low}, {self.high}]: low must be below high")
-            if self.kind == "loguniform" and self.low <= 0:
-                raise ValueError(f"loguniform[{self.low}, {self.high}]: bounds must be positive")
-            if self.kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
-                raise ValueError(f"int[{self.low}, {self.high}]: bounds must be integers")
-        for option in self.options:
-            if isinstance(option, Distribution) and option.kind == "choice":
-                raise ValueError("a choice inside a choice: list its options in one choice")
-            if isinstance(option, Distribution) and option.when:
-                raise ValueError("when inside a choice option: put it beside the choice")
-            if isinstance(option, (dict, list)):
-                raise ValueError(f"choice option {option!r} is neither a value nor a distribution")
-        return self
-
-    def contains(self, value: Any) -> bool:
-        if self.kind == "choice":
-            return any(o.contains(value) if isinstance(o, Distribution) else o == value for o in self.options)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        return self.low <= value <= self.high and (self.kind != "int" or float(value).is_integer())
-
-    def values(self) -> list[Any]:
-        """The values the parameter can take, as far as finite (for validating every one)."""
-        if self.kind == "choice":
-            return [v for o in self.options for v in (o.values() if isinstance(o, Distribution) else [o])]
-        return [int(self.low) if self.kind == "int" else self.low, int(self.high) if self.kind == "int" else self.high]
-
-    def label(self) -> str:
-        return f"{self.kind}[{self.low:g}, {self.high:g}]"
-
-    def text(self) -> str:
-        """Human form for the plan, e.g. ``0 or loguniform[0.001, 0.5] (when <objective>)``."""
-        if self.kind == "choice":
-            parts = [o.label() if isinstance(o, Distribution) else repr(o) for o in self.options]
-            body = " or ".join(parts) if any(isinstance(o, Distribution) for o in self.options) else f"one of {', '.join(parts)}"
-        else:
-            body = self.label()
-        return body + (f" (when {', '.join(self.when)})" if self.when else "")
-
-
-class SchedulerSpec(Strict):
-    name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(3, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: float = Field(2.0, gt=1.0)
-
-
-class OptunaSpec(Strict):
-    seed: int = Field(0, ge=0, lt=2**32, description="numpy's RandomState takes 0 ≤ seed < 2³²")
-    n_startup_trials: int | None = Field(None, ge=0, le=100000, description="random trials before TPE acts")
-
-
-class ResourcesSpec(Strict):
-    workers: int = Field(2, ge=1, le=4096, description="DDP workers per trial")
-    cpus_per_worker: float = Field(0.5, gt=0.0, le=1024)
-    gpus_per_worker: float = Field(0.0, ge=0.0, le=64)
-    driver_cpus: float = Field(0.5, gt=0.0, le=64, description="CPUs of each trial's driver")
-    max_concurrent_trials: int = Field(1, ge=1, le=10000)
-    driver_resources: dict[str, float] = Field(
-        default_factory=dict, description="custom resources pinning trial drivers, e.g. {head: 0.01}"
-    )
-    pack: Literal["off", "auto"] = Field(
-        "off", description="auto: the runner chooses concurrent trials and shares from the cluster (jepa_sweeps.packing)"
-    )
-    cluster_max: dict[str, float] = Field(
-        default_factory=dict, description="what an autoscaling cluster can grow to, e.g. {CPU: 64, GPU: 8}"
-    )
-
-    @field_validator("driver_resources", "cluster_max")
-    @classmethod
-    def _amounts(cls, value: dict[str, float]) -> dict[str, float]:
-        for name, amount in value.items():
-            if not RESOURCE.fullmatch(name):
-                raise BadValue(name, amount, "not a resource name (letters, digits, '_', '-', ':', '.', '/')")
-            if not 0 < amount <= 1e9:
-                raise BadValue(name, amount, "must be a positive amount")
-        return value
-
-
-class BudgetSpec(Strict):
-    """At most this much compute; the rule is in ``jepa_sweeps.accounting``."""
-
-    device_hours: float | None = Field(None, gt=0.0, le=1e7, description="GPU-hours on GPU trials, else CPU-hours")
-    wall_minutes: float | None = Field(None, gt=0.0, le=1e7)
-
-    @model_validator(mode="after")
-    def _some(self) -> BudgetSpec:
-        if self.device_hours is None and self.wall_minutes is None:
-            raise ValueError("budget: needs device_hours and/or wall_minutes (either or both)")
-        return self
-
-
-RESOURCE = re.compile(r"[A-Za-z_][A-Za-z0-9_:./-]*")
-
-
-class MLflowSpec(Strict):
-    tracking_uri: str | None = None
-    experiment: str | None = Field(None, min_length=1, max_length=200)
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _uri(cls, value: str | None) -> str | None:
-        """A malformed URI (bad port, unclosed IPv6 bracket) is refused here, not where it is used."""
-        if value is not None:
-            if not value.strip() or value != value.strip():
-                raise BadValue("", value, "empty or surrounded by spaces")
-            try:
-                urlparse(value).port
-            except ValueError:  # its text quotes the netloc, which may hold a password
-                raise BadValue("", value, "not a valid URI (a port that is not a number, or an unclosed '[')") from None
-        return value
-
-    @field_validator("experiment")
-    @classmethod
-    def _experiment(cls, value: str | None) -> str | None:
-        """The experiment names the artifact folder of a local store: it must stay one folder."""
-        if value is not None and (value.strip(".") == "" or any(c in value for c in "/\\\0")):
-            raise BadValue("", value, "must not contain '/', '\\' or be '.'/'..' (it names a folder)")
-        return value
-
-
-class FailureSpec(Strict):
-    max_failures: int = Field(2, ge=0, le=100, description="worker-group restarts per trial")
-    checkpoints_to_keep: int = Field(2, ge=1, le=1000)
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -358,7 +181,7 @@ class SweepSpec(Strict):
 
     def _check_metric(self, configs: list[TrialConfig]) -> None:
         """The metric must be in every report of every trial (Tune, ASHA and Optuna read it per epoch)."""
-        from jepa_sweeps.train import FINAL_METRICS, reported_metrics
+        from jepa_sweeps.metrics import FINAL_METRICS, reported_metrics
 
         reported = frozenset.intersection(*(reported_metrics(c) for c in configs))
         if self.metric in reported:

@@ -9,7 +9,6 @@ cross-sample statistic (norm layers, regularisers) is computed on the global bat
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -17,20 +16,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from jepa_sweeps.config import TrialConfig, ViTConfig
-from jepa_sweeps.data.datasets import ImageDataset, is_flat_folder, load_dataset
+from jepa_sweeps.config import TrialConfig
+from jepa_sweeps.data.datasets import ImageDataset, load_dataset
 from jepa_sweeps.data.views import Augment, CropGroup, MultiCrop, resize_normalise
 from jepa_sweeps.distributed import all_reduce_detached, is_distributed, rank, world_size
-from jepa_sweeps.evaluation.attention import STATISTICS, attention_maps, attention_metrics
+from jepa_sweeps.evaluation.attention import attention_maps, attention_metrics
 from jepa_sweeps.evaluation.diagnostics import diagnostic_pngs
 from jepa_sweeps.evaluation.probes import embed, knn_accuracy, linear_probe_accuracy, rankme
-from jepa_sweeps.evaluation.selection import MODES, selection_scores
-from jepa_sweeps.models import build_encoder, supports_attention
-from jepa_sweeps.models.projector import Projector
-from jepa_sweeps.objectives import Objective, build
+from jepa_sweeps.evaluation.selection import selection_scores
+from jepa_sweeps.models import supports_attention
+from jepa_sweeps.models.lejepa import LeJEPA, build_model
 from jepa_sweeps.precision import Precision, compile_module
 
 STATE_FILE = "state.pt"
@@ -99,56 +96,6 @@ class LocalHooks:
 
 class Interrupted(Exception):
     """Raised by ``LocalHooks`` to emulate a trial killed after an epoch."""
-
-
-class LeJEPA(nn.Module):
-    """Backbone → projector → objective, plus the online linear probe on detached features
-    (none for unlabelled data: ``num_classes`` 0).
-
-    One module, so DDP wraps a single forward and averages every gradient (probe and the
-    objective's own layers included), and one ``state_dict`` holds the objective's state.
-    """
-
-    def __init__(self, backbone: nn.Module, projector: nn.Module, objective: Objective, num_classes: int):
-        super().__init__()
-        self.backbone, self.projector, self.objective = backbone, projector, objective
-        d = backbone.embed_dim
-        self.probe = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, num_classes)) if num_classes else None
-        objective.setup(backbone, projector)
-
-    def embed_views(self, groups: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone features (V, N, D) and projections (V, N, K) of view groups (V_i, N, C, S_i, S_i)."""
-        dtype = next(self.projector.parameters()).dtype  # views are float32; the model may run in float64 (tests)
-        feats = [self.backbone(g.to(dtype).flatten(0, 1)).unflatten(0, g.shape[:2]) for g in groups]
-        h = torch.cat(feats)
-        return h, self.projector(h.flatten(0, 1)).unflatten(0, h.shape[:2])
-
-    def losses(self, groups: list[torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """Features, projections and the objective's terms; the first group holds the global views."""
-        target = self.objective.targets(groups[0])
-        h, z = self.embed_views(groups)
-        return h, z, self.objective(z, n_global=groups[0].shape[0], step=step, target=target)
-
-    def forward(self, groups: list[torch.Tensor], labels: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
-        n_global = groups[0].shape[0]
-        h, z, out = self.losses(groups, step)
-        out["total"] = out["loss"]
-        if self.probe is not None:
-            logits = self.probe(h[:n_global].detach().flatten(0, 1))
-            out["probe_loss"] = F.cross_entropy(logits, labels.repeat(n_global))
-            out["total"] = out["total"] + out["probe_loss"]
-        out["z_std"] = z.detach().std(dim=1).mean()
-        return out
-
-
-def build_model(cfg: TrialConfig, data: ImageDataset) -> LeJEPA:
-    torch.manual_seed(cfg.seed)
-    params = cfg.encoder.params() if isinstance(cfg.encoder, ViTConfig) else cfg.encoder.model_dump(exclude={"name"})
-    backbone = build_encoder(cfg.encoder.name, data.channels, **params)
-    p = cfg.projector
-    projector = Projector(backbone.embed_dim, p.hidden_dim, p.out_dim, p.num_layers)
-    objective = build(cfg.objective.name, embed_dim=p.out_dim, **cfg.objective_params)
-    return LeJEPA(backbone, projector, objective, data.num_classes)
 
 
 def build_views(cfg: TrialConfig, data: ImageDataset) -> MultiCrop:
@@ -396,48 +343,6 @@ class Trainer:
             if state is not None:
                 self.files.clear()
         return dict(self.metrics)
-
-
-#: In every epoch's report beside the loss terms (``Trainer.run``, ``LeJEPA.forward``, ``evaluate``).
-LOOP_METRICS = ("epoch", "step", "world_size", "images_per_s", "diverged", "lr", "z_std")
-EVAL_METRICS = ("val_inv_loss", "val_reg_loss", "val_loss", *MODES)  # MODES: the label-free scores
-LABELLED_METRICS = ("knn_acc", "linear_acc", "probe_loss")  # absent for data without labels
-FINAL_METRICS = ("final_linear_acc",)  # the last epoch only
-
-
-def reported_metrics(cfg: TrialConfig) -> frozenset[str]:
-    """The metric names every epoch's report of ``cfg``'s trial holds (what a sweep may optimise).
-
-    The loss terms and schedule values are whatever the objective returns: asked of the objective
-    itself, on a tiny batch. ``tests/test_train.py`` checks the whole set against real runs.
-    """
-    names = {*LOOP_METRICS, *EVAL_METRICS, *_objective_terms(cfg.objective.name, tuple(cfg.objective_params.items()))}
-    labelled = cfg.data.labels != "none" and not (cfg.data.name == "imagefolder" and is_flat_folder(cfg.data.path))
-    if labelled:
-        names |= set(LABELLED_METRICS)
-    if isinstance(cfg.encoder, ViTConfig):
-        from jepa_sweeps.models.vit import PRESETS
-
-        preset = PRESETS[cfg.encoder.preset]
-        depth, heads = cfg.encoder.depth or preset["depth"], cfg.encoder.heads or preset["heads"]
-        stats = [s for s in STATISTICS if heads > 1 or not s.startswith("head_")]
-        suffixes = ["", "_2x"] if cfg.eval.extrapolate else [""]
-        names |= {f"attn_{s}{layer}{x}" for s in stats for x in suffixes for layer in ["", *(f"_l{i}" for i in range(depth))]}
-        if cfg.eval.extrapolate and labelled:
-            names.add("knn_acc_2x")
-    return frozenset(names)
-
-
-@functools.lru_cache(maxsize=64)
-def _objective_terms(name: str, params: tuple[tuple[str, Any], ...]) -> frozenset[str]:
-    """The scalar terms of the objective's forward and the schedule values of its ``after_step``."""
-    objective = build(name, embed_dim=4, **dict(params))
-    objective.setup(nn.Linear(4, 4), nn.Linear(4, 4))
-    z = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        out = objective(z, n_global=2, step=0, target=z[:2])
-        schedule = objective.after_step(0, 1)
-    return frozenset(k for k, v in out.items() if v.numel() == 1) | frozenset(schedule)
 
 
 def train(cfg: TrialConfig, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -143,6 +143,23 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh empty cwd and ``JEPA_SWEEPS_HOME``; afterwards both must still be untouched."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("JEPA_SWEEPS_HOME", str(home))
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(cwd)
+    yield cwd
+    assert not home.exists(), sorted(home.rglob("*"))
+    assert not list(cwd.iterdir()), sorted(cwd.iterdir())
+    import ray
+
+    assert not ray.is_initialized()
+
+
+@pytest.fixture
 def s3_bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An empty bucket on moto's S3 server (in this process, 127.0.0.1, offline); yields ``s3://bucket``."""
     pytest.importorskip("moto.server", reason="needs moto[server]")

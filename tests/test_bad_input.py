@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -46,21 +46,6 @@ def expectation(path: Path) -> str:
     first = (path.read_text().splitlines() or [""])[0]
     assert first.startswith("# expect: "), f"{path.name} lacks its '# expect: <substring>' first line"
     return first.removeprefix("# expect: ")
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A fresh empty cwd and ``JEPA_SWEEPS_HOME``; afterwards both must still be untouched."""
-    home, cwd = tmp_path / "home", tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.setenv("JEPA_SWEEPS_HOME", str(home))
-    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(cwd)
-    yield cwd
-    assert not home.exists(), sorted(home.rglob("*"))
-    assert not list(cwd.iterdir()), sorted(cwd.iterdir())
-    assert not ray.is_initialized()
 
 
 def refused(rc: int, stderr: str, expected: str) -> None:

@@ -408,11 +408,11 @@ def state(r: cluster.Rehearsal, kind: str, *filters: str) -> list[dict[str, Any]
 
 def node_names(r: cluster.Rehearsal) -> dict[str, str]:
     """node id → ``head`` / ``worker<i>`` (from the ``node<i>`` resources ``up`` gives worker nodes)."""
-    names = {}
+    node_of = {}
     for node in state(r, "nodes"):
         custom = [k for k in node["resources_total"] if re.fullmatch(r"node\d+", k)]
-        names[node["node_id"]] = "head" if node["is_head_node"] else f"worker{custom[0].removeprefix('node')}"
-    return names
+        node_of[node["node_id"]] = "head" if node["is_head_node"] else f"worker{custom[0].removeprefix('node')}"
+    return node_of
 
 
 def train_workers(r: cluster.Rehearsal, job_id: str) -> list[dict[str, Any]]:
@@ -456,13 +456,13 @@ def test_sweep_runs_across_nodes_with_s3_checkpoints_and_mlflow_server(rehearsal
     trials = spec.num_samples * spec.seeds
 
     # Ray's state: each trial's worker group (one placement group) had workers on both nodes.
-    names = node_names(r)
+    node_of = node_names(r)
     groups: dict[str, set[str]] = {}
     for actor in train_workers(r, info["job_id"]):
-        groups.setdefault(actor["placement_group_id"], set()).add(names[actor["node_id"]])
+        groups.setdefault(actor["placement_group_id"], set()).add(node_of[actor["node_id"]])
     assert len(groups) == trials and all(g == {"head", "worker1"} for g in groups.values()), groups
     drivers = [a for a in state(r, "actors", "class_name=ImplicitFunc") if a["job_id"] == info["job_id"]]
-    assert drivers and {names[a["node_id"]] for a in drivers} == {"head"}  # pinned by trial_driver
+    assert drivers and {node_of[a["node_id"]] for a in drivers} == {"head"}  # pinned by trial_driver
 
     # The object store holds every trial's checkpoints (Train runs are named after the trial).
     keys = s3_keys(r, f"sweeps/{spec.name}/train/")
@@ -525,7 +525,7 @@ def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
         info = job(r, sid)
         assert info["status"] in ("PENDING", "RUNNING") and time.monotonic() < deadline, info
         time.sleep(0.5)
-    names = node_names(r)  # before the node is gone
+    node_of = node_names(r)  # before the node is gone
     cluster.stop(r, ["worker1"], grace_s=0)  # the node is lost: SIGKILL its raylet and workers
     assert ray_cli(r, "job", "stop", "--address", r.dashboard_url, hold).returncode == 0
     info = wait_job(r, sid, timeout=420)
@@ -533,12 +533,12 @@ def test_trial_resumes_on_the_head_after_its_worker_node_dies(rehearsal):
 
     # Ray's view: the trial's first workers ran (and died) on the worker node, the restarted ones on the head.
     workers = train_workers(r, info["job_id"])
-    assert {names[a["node_id"]] for a in workers} == {"head", "worker1"}, workers
+    assert {node_of[a["node_id"]] for a in workers} == {"head", "worker1"}, workers
     (run,) = [t for t in dashboard(r, "/api/train/v2/runs/v1")["train_runs"] if t["job_id"] == info["job_id"]]
     assert run["status"] == "FINISHED" and len(run["attempts"]) >= 2, run
     first, last = run["attempts"][0], run["attempts"][-1]
-    assert {names[w["node_id"]] for w in first["workers"]} == {"worker1"}, first
-    assert {names[w["node_id"]] for w in last["workers"]} == {"head"}, last
+    assert {node_of[w["node_id"]] for w in first["workers"]} == {"worker1"}, first
+    assert {node_of[w["node_id"]] for w in last["workers"]} == {"head"}, last
 
     # Resumed, not restarted: every epoch reached MLflow once, and the trial finished.
     from mlflow.tracking import MlflowClient

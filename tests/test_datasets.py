@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from jepa_sweeps.data.datasets import DATASETS, DataError, ImageDataset, load_dataset
+from jepa_sweeps.data.base import DataError
+from jepa_sweeps.data.datasets import DATASETS, ImageDataset, load_dataset
 from tests.fake_datasets import pattern, write_cifar10, write_cifar100, write_imagefolder, write_stl10
 
 DIGIT_LEVELS = {round(v * 255 / 16) for v in range(17)}

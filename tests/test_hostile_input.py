@@ -22,7 +22,7 @@ from jepa_sweeps.redaction import redact, shorten
 from jepa_sweeps.run import main
 from jepa_sweeps.spec import load_spec
 from tests.fake_datasets import write_cifar10, write_imagefolder
-from tests.test_bad_input import BAD_SPECS, refused, sandbox  # noqa: F401 - sandbox is a fixture
+from tests.test_bad_input import BAD_SPECS, refused
 
 SECRET = "S3cr3tPW"
 BASE = "name: t\nscheduler: {name: fifo}\nnum_samples: 1\n"

@@ -1,4 +1,4 @@
-"""The metric names a sweep may optimise (``train.reported_metrics``, used by spec validation) are
+"""The metric names a sweep may optimise (``metrics.reported_metrics``, used by spec validation) are
 exactly the keys every epoch's report of a real trial holds: the two cannot drift apart."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from jepa_sweeps.config import TrialConfig
-from jepa_sweeps.train import FINAL_METRICS, LocalHooks, reported_metrics, train
+from jepa_sweeps.metrics import FINAL_METRICS, reported_metrics
+from jepa_sweeps.train import LocalHooks, train
 
 TINY = {
     "epochs": 2,

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from jepa_sweeps.config import ConfigError, TrialConfig
-from jepa_sweeps.data.datasets import DataError, load_dataset
+from jepa_sweeps.data.base import DataError
+from jepa_sweeps.data.datasets import load_dataset
 from jepa_sweeps.spec import parse_spec
 from jepa_sweeps.storage import locate, safe_name
 from jepa_sweeps.sweep import ui_hint

@@ -9,7 +9,7 @@ from jepa_sweeps.config import TrialConfig
 from jepa_sweeps.data.datasets import load_dataset
 from jepa_sweeps.data.views import resize_normalise
 from jepa_sweeps.evaluation.probes import embed, knn_accuracy, rankme
-from jepa_sweeps.train import build_model
+from jepa_sweeps.models.lejepa import build_model
 
 
 def compute_baselines(cfg: TrialConfig) -> dict[str, dict[str, float]]:
