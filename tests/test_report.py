@@ -19,10 +19,15 @@ from jepa_sweeps.config import trial_config
 from jepa_sweeps.report.build import publish_report, write_report
 from jepa_sweeps.report.cli import main
 from jepa_sweeps.report.export import export_csv
-from jepa_sweeps.report.runs import load_sweep, resolve
 from jepa_sweeps.report.plots import lambda_plot
-from jepa_sweeps.report.runs import common_epoch
-from jepa_sweeps.report.stats import finished_finals, importances, label_free, lambda_groups, mean_interval
+from jepa_sweeps.report.runs import common_epoch, load_sweep, resolve
+from jepa_sweeps.report.stats import (
+    finished_finals,
+    importances,
+    label_free,
+    lambda_groups,
+    mean_interval,
+)
 from jepa_sweeps.storage import safe_name
 
 LAMS = (0.0, 0.05, 0.5)

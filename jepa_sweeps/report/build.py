@@ -21,7 +21,14 @@ from jepa_sweeps.report.plots import (
     importance_plot,
     lambda_plot,
 )
-from jepa_sweeps.report.runs import ReportError, Sweep, best_trial_pictures, common_epoch, load_sweep, stored_config
+from jepa_sweeps.report.runs import (
+    ReportError,
+    Sweep,
+    best_trial_pictures,
+    common_epoch,
+    load_sweep,
+    stored_config,
+)
 from jepa_sweeps.report.stats import importances, top_trials
 from jepa_sweeps.report.tables import (
     ablation_rows,

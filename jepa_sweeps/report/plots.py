@@ -10,7 +10,14 @@ from typing import Any
 from jepa_sweeps import names
 from jepa_sweeps.evaluation.diagnostics import figure
 from jepa_sweeps.report.runs import Sweep
-from jepa_sweeps.report.stats import TOP_TRIALS, distinct_seeds, finished_finals, interval, lambda_groups, top_trials
+from jepa_sweeps.report.stats import (
+    TOP_TRIALS,
+    distinct_seeds,
+    finished_finals,
+    interval,
+    lambda_groups,
+    top_trials,
+)
 from jepa_sweeps.report.tables import label
 
 CURVES = ("knn_acc", "inv_loss", "reg_loss")
@@ -84,7 +91,7 @@ def lambda_plot(sweep: Sweep, epoch: int, base: dict[str, dict[str, float]], pat
         ax.set_title(f"{metric} at epoch {epoch} (dots) and finished trials' final (△)", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{sweep.name}: metric vs λ — {epoch_note(sweep, epoch)}", fontsize=10)
+    fig.suptitle(f"{sweep.name}: metric vs λ\n{epoch_note(sweep, epoch)}", fontsize=9)  # one panel is narrow
     return save(fig, path)
 
 

@@ -8,7 +8,13 @@ import statistics
 
 from jepa_sweeps import names
 from jepa_sweeps.report.runs import Sweep, Trial
-from jepa_sweeps.report.stats import copies_note, distinct_seeds, groups, interval, label_free
+from jepa_sweeps.report.stats import (
+    copies_note,
+    distinct_seeds,
+    groups,
+    interval,
+    label_free,
+)
 
 LABELS = {"objective.lam": "λ", "objective.name": "regulariser", "views.n_global": "V_g", "views.n_local": "V_l",
           "optim.batch_size": "batch"}
