@@ -19,8 +19,15 @@ from jepa_sweeps.config import trial_config
 from jepa_sweeps.report.build import publish_report, write_report
 from jepa_sweeps.report.cli import main
 from jepa_sweeps.report.export import export_csv
-from jepa_sweeps.report.runs import load_sweep, resolve
-from jepa_sweeps.report.stats import importances, mean_interval
+from jepa_sweeps.report.plots import lambda_plot
+from jepa_sweeps.report.runs import common_epoch, load_sweep, resolve
+from jepa_sweeps.report.stats import (
+    finished_finals,
+    importances,
+    label_free,
+    lambda_groups,
+    mean_interval,
+)
 from jepa_sweeps.storage import safe_name
 
 LAMS = (0.0, 0.05, 0.5)
@@ -109,7 +116,30 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         _add_trial(client, two, two_parent, f"t{i}", "finished", 2,
                    {"regulariser": "sigreg", "lambda": lam, "objective.lam": lam, "views.n_local": local, "seed": 0},
                    {"knn_acc": [0.5, 0.6 + 0.3 * lam + 0.001 * local]}, None)
+    _repeated_sweep(client, client.create_experiment("repeated", artifact_location=(folder / "rep").as_uri()))
     return {"uri": uri, "client": client, "folder": folder, "parent": parent}
+
+
+def _repeated_sweep(client: MlflowClient, exp: str) -> None:
+    """An ASHA sweep of an old release: λ=0 trained three times with seed 0 (copies), λ=0.05 with
+    three seeds, λ=0.2 finished, λ=0.5 stopped at epoch 2. The label-free scores are built so that
+    ``rankme`` ranks the finished trials exactly as their final linear accuracy (ρ = 1), ``sel_loss``
+    exactly reversed (ρ = -1, and lower is better), ``sel_loss_scaled`` is absent at λ=0 and
+    ``isotropy`` is never logged."""
+    parent = _parent(client, exp, "objective.lam")
+    finished = [(0.0, 0, 0.60, 2.0, 0.9, None)] * 3 + [(0.2, 0, 0.90, 5.0, 0.5, 1.0)] + [
+        (0.05, s, 0.97 + 0.005 * s, 10.0 + s, 0.3 - 0.01 * s, 0.8 + 0.01 * s) for s in range(3)
+    ]
+    for i, (lam, seed, acc, rank, loss, scaled) in enumerate(finished):
+        knn = 0.5 + 0.45 * acc
+        curve = {"knn_acc": [knn - 0.2, knn - 0.1, knn - 0.05, knn], "rankme": [rank] * 4, "sel_loss": [loss] * 4,
+                 "final_linear_acc": [acc]}
+        if scaled is not None:
+            curve["sel_loss_scaled"] = [scaled] * 4
+        params = {"regulariser": "sigreg", "lambda": lam, "objective.lam": lam, "seed": seed}
+        _add_trial(client, exp, parent, f"t{i}-lam{lam:g}-s{seed}", "finished", 4, params, curve, None)
+    _add_trial(client, exp, parent, "stopped-lam0.5-s0", "stopped early", 2,
+               {"regulariser": "sigreg", "lambda": 0.5, "objective.lam": 0.5, "seed": 0}, {"knn_acc": [0.4, 0.5]}, None)
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +260,47 @@ def test_publish_attaches_the_report_to_the_parent_run(store: dict, generated: d
     assert line.startswith("report:      ") and "report.html" in line, line
     artifacts = {a.path for a in client.list_artifacts(store["parent"], "report")}
     assert {"report/report.html", "report/lambda.png", "report/curves.png", "report/ablation.md"} <= artifacts
+
+
+def test_copies_of_one_configuration_and_seed_draw_no_interval(store: dict) -> None:
+    sweep = load_sweep(store["client"], "repeated")
+    epoch = common_epoch(sweep)
+    assert epoch == 2  # the ASHA-stopped trial sets the comparison epoch
+    by_lam = {g.lam: g for g in lambda_groups(sweep, sweep.comparable, "knn_acc", epoch)}
+    copies = by_lam[0.0]
+    assert [(p.seed, p.copies) for p in copies.points] == [("0", 3)] and copies.ci is None
+    seeds = by_lam[0.05]
+    assert sorted(p.seed for p in seeds.points) == ["0", "1", "2"] and seeds.ci is not None
+    assert [p.value for p in seeds.points] == pytest.approx([0.5 + 0.45 * (0.97 + 0.005 * s) - 0.1 for s in range(3)])
+    assert by_lam[0.5].ci is None and by_lam[0.2].ci is None
+
+
+def test_finished_trials_final_values_are_shown(store: dict, tmp_path: Path) -> None:
+    sweep = load_sweep(store["client"], "repeated")
+    finals = finished_finals(sweep.comparable, "knn_acc")
+    assert len(finals) == 7 and {f.epoch for f in finals} == {4}  # the stopped trial is not among them
+    assert max(f.value for f in finals) == pytest.approx(0.5 + 0.45 * 0.98)
+    report = write_report(store["client"], sweep, tmp_path)
+    assert "knn_acc final (finished)" in report.text and f"{0.5 + 0.45 * 0.98:.4f} @4" in report.text
+    assert "3 (" not in report.text.split("regulariser ablation:")[1].split("label-free")[0]  # λ=0.05: 3 seeds, no copies
+    assert lambda_plot(sweep, 2, {}, tmp_path / "lambda.png").is_file()
+
+
+def test_label_free_section_on_a_known_ranking(store: dict) -> None:
+    checks, skipped = label_free(load_sweep(store["client"], "repeated"))
+    found = {c.score: c for c in checks}
+    assert set(found) == {"rankme", "sel_loss", "sel_loss_scaled"}
+    assert found["rankme"].rho == pytest.approx(1.0) and found["rankme"].trials == 7
+    assert found["sel_loss"].rho == pytest.approx(-1.0)
+    assert found["rankme"].high == pytest.approx(1.0) and found["rankme"].low == pytest.approx(1.0)
+    for score in ("rankme", "sel_loss"):  # lower loss / higher rank both pick the best trial
+        assert found[score].picked.name == "t6-lam0.05-s2"
+        assert found[score].picked_acc == pytest.approx(0.98) == found[score].best_acc
+    assert found["sel_loss_scaled"].trials == 4 and found["sel_loss_scaled"].picked.name == "t4-lam0.05-s0"
+    assert found["sel_loss_scaled"].picked_acc == pytest.approx(0.97)
+    assert skipped == ["isotropy: skipped, logged by 0 finished trial(s), need at least 3"]
+
+
+def test_label_free_section_skips_with_too_few_finished_trials(store: dict) -> None:
+    checks, skipped = label_free(load_sweep(store["client"], "two_params"))
+    assert checks == [] and skipped == ["skipped: 0 finished trial(s) with a final linear accuracy, need at least 3"]

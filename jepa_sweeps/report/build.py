@@ -3,6 +3,7 @@ sweep's parent run when a sweep ends."""
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +21,25 @@ from jepa_sweeps.report.plots import (
     importance_plot,
     lambda_plot,
 )
-from jepa_sweeps.report.runs import ReportError, Sweep, best_trial_pictures, common_epoch, load_sweep, stored_config
+from jepa_sweeps.report.runs import (
+    ReportError,
+    Sweep,
+    best_trial_pictures,
+    common_epoch,
+    load_sweep,
+    stored_config,
+)
 from jepa_sweeps.report.stats import importances, top_trials
-from jepa_sweeps.report.tables import ablation_rows, comparison_rows, fmt, html_table, label, markdown_table, text_table
+from jepa_sweeps.report.tables import (
+    ablation_rows,
+    comparison_rows,
+    fmt,
+    html_table,
+    label,
+    label_free_rows,
+    markdown_table,
+    text_table,
+)
 
 
 def sweep_baselines(client: MlflowClient, sweep: Sweep, cache: Path, notes: list[str]) -> dict[str, dict[str, float]]:
@@ -88,6 +105,11 @@ def write_report(client: MlflowClient, sweep: Sweep, out: Path, epoch: int | Non
     figure = lambda_plot(sweep, epoch, base, out / "lambda.png")
     sections.append(("Metric vs λ", "" if figure else "λ did not vary in this sweep.", [figure] if figure else []))
     sections.append(("Regulariser ablation", html_table(*ablation), []))
+    free_header, free_rows, free_skipped = label_free_rows(sweep)
+    free_text = "; ".join(free_skipped)
+    sections.append(("Label-free scores against final linear accuracy (finished trials)",
+                     (html_table(free_header, free_rows) if free_rows else "") + (f"<p>{html.escape(free_text)}</p>"
+                     if free_rows and free_text else free_text), []))
     figure = effects_plot(sweep, epoch, out / "effects.png")
     if figure:
         sections.append(("Views and batch size", "", [figure]))
@@ -107,7 +129,8 @@ def write_report(client: MlflowClient, sweep: Sweep, out: Path, epoch: int | Non
     write_html(out / "report.html", summary, when, comparison, sections, notes)
     text = "\n".join([
         summary, f"compared at {when}", "", text_table(*comparison), "", "regulariser ablation:",
-        text_table(*ablation), *([""] + notes if notes else []),
+        text_table(*ablation), "", "label-free scores vs final linear accuracy (finished trials):",
+        *([text_table(free_header, free_rows)] if free_rows else []), *free_skipped, *([""] + notes if notes else []),
     ])
     return Report(out, out / "report.html", text)
 

@@ -3,13 +3,21 @@ top trials, parameter importances."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from jepa_sweeps import names
 from jepa_sweeps.evaluation.diagnostics import figure
 from jepa_sweeps.report.runs import Sweep
-from jepa_sweeps.report.stats import TOP_TRIALS, mean_interval, top_trials
+from jepa_sweeps.report.stats import (
+    TOP_TRIALS,
+    distinct_seeds,
+    finished_finals,
+    interval,
+    lambda_groups,
+    top_trials,
+)
 from jepa_sweeps.report.tables import label
 
 CURVES = ("knn_acc", "inv_loss", "reg_loss")
@@ -31,8 +39,9 @@ def save(fig: Any, path: Path) -> Path:
 
 
 def lambda_plot(sweep: Sweep, epoch: int, base: dict[str, dict[str, float]], path: Path) -> Path | None:
-    """Metric vs λ per regulariser on a symlog axis (λ=0 a decade left of the smallest λ > 0);
-    every trial a dot, mean ± 95% t-interval where a configuration has ≥ 3 seeds."""
+    """Metric vs λ per regulariser on a symlog axis with λ=0 kept: every distinct seed a dot
+    (copies of one configuration and seed are one dot), mean ± 95% t-interval where a configuration
+    has ≥ 3 distinct seeds, and beside it the finished trials' values at their own last epoch."""
     trials = sweep.comparable
     lams = sorted({t.lam() for t in trials if t.lam() is not None})
     if len(lams) < 2:
@@ -46,45 +55,58 @@ def lambda_plot(sweep: Sweep, epoch: int, base: dict[str, dict[str, float]], pat
         for color, reg in enumerate(regs):
             c = f"C{color}"
             mine = [t for t in trials if t.params.get(names.REGULARISER_PARAM, "?") == reg]
-            points: dict[tuple, list[float]] = {}
-            for t in mine:
-                value = t.at(metric, epoch)
-                if value is not None:
-                    points.setdefault((t.lam(), sweep.config_key(t)), []).append(value)
-            if all(lam is None for lam, _ in points):  # no λ (ema): its mean as a level
-                values = [v for vs in points.values() for v in vs]
+            found = lambda_groups(sweep, mine, metric, epoch)
+            if all(g.lam is None for g in found):  # no λ (ema): its mean as a level
+                values = [p.value for g in found for p in g.points]
                 if values:
                     label = f"{reg} (no λ), mean of {len(values)}"
                     ax.axhline(sum(values) / len(values), color=c, ls="--", label=label)
                 continue
-            ordered = sorted((k for k in points if k[0] is not None), key=lambda k: k[0])
-            xs = [lam for lam, key in ordered for _ in points[(lam, key)]]
-            ys = [v for k in ordered for v in points[k]]
-            ax.scatter(xs, ys, color=c, alpha=0.45, s=18, lw=0, label=f"{reg}: trials")
-            centres = [(lam, *mean_interval(points[(lam, key)])) for lam, key in ordered]
-            ax.plot([x for x, _, _ in centres], [m for _, m, _ in centres], color=c, lw=1, alpha=0.8,
+            drawn = [g for g in found if g.lam is not None]
+            xs = [g.lam for g in drawn for _ in g.points]
+            ys = [p.value for g in drawn for p in g.points]
+            ax.scatter(xs, ys, color=c, alpha=0.45, s=18, lw=0, label=f"{reg}: distinct seeds at epoch {epoch}")
+            for g in drawn:
+                for p in g.points:
+                    if p.copies > 1:
+                        ax.annotate(f"×{p.copies} identical", (g.lam, p.value), xytext=(4, -10),
+                                    textcoords="offset points", fontsize=7, color=c)
+            ax.plot([g.lam for g in drawn], [g.mean for g in drawn], color=c, lw=1, alpha=0.8,
                     label=f"{reg}: mean per configuration")
-            with_ci = [(x, m, ci) for x, m, ci in centres if ci is not None]
+            with_ci = [g for g in drawn if g.ci is not None]
             if with_ci:
-                ax.errorbar([x for x, _, _ in with_ci], [m for _, m, _ in with_ci], yerr=[ci for _, _, ci in with_ci],
-                            fmt="o", color=c, capsize=4, ms=5, label=f"{reg}: mean ± 95% t-interval (≥3 seeds)")
+                ax.errorbar([g.lam for g in with_ci], [g.mean for g in with_ci], yerr=[g.ci for g in with_ci],
+                            fmt="o", color=c, capsize=4, ms=5, label=f"{reg}: mean ± 95% t-interval (≥3 distinct seeds)")
+            finals = [f for f in finished_finals(mine, metric) if f.trial.lam() is not None and f.epoch > epoch]
+            if finals:
+                last = sorted({f.epoch for f in finals})
+                ax.scatter([f.trial.lam() for f in finals], [f.value for f in finals], color=c, marker="^",
+                           s=30, facecolors="none", label=f"{reg}: finished, final epoch {'/'.join(map(str, last))}")
         for i, (name, values) in enumerate(base.items()):
             if metric in values:
                 ax.axhline(values[metric], color="0.4", ls=[":", "-."][i % 2], lw=1,
                            label=f"{name}: {values[metric]:.3g}")
-        linthresh = positive[0] if positive else 1.0
-        ax.set_xscale("symlog", linthresh=linthresh, linscale=1.0)
-        ax.set_xlim(-0.5 * linthresh, lams[-1] * 1.6)  # room for the outer error bars
-        if len(lams) <= 8:
-            ax.set_xticks(lams, [f"{lam:g}" for lam in lams])
-            ax.minorticks_off()
-        ax.set_xlabel("λ (symlog axis; λ=0 at the left)")
+        log_axis(ax, positive, lams[-1])
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} at epoch {epoch}", fontsize=10)
+        ax.set_title(f"{metric} at epoch {epoch} (dots) and finished trials' final (△)", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{sweep.name}: metric vs λ — {epoch_note(sweep, epoch)}", fontsize=10)
+    fig.suptitle(f"{sweep.name}: metric vs λ\n{epoch_note(sweep, epoch)}", fontsize=9)  # one panel is narrow
     return save(fig, path)
+
+
+def log_axis(ax: Any, positive: list[float], largest: float) -> None:
+    """Symlog λ axis: linear below the smallest decade holding a λ > 0 (so λ=0 is drawn), one tick
+    per decade above it, labelled as plain numbers: trials' own λs would overprint."""
+    from matplotlib.ticker import FuncFormatter, NullLocator, SymmetricalLogLocator
+
+    linthresh = 10.0 ** math.floor(math.log10(positive[0])) if positive else 1.0
+    ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+    ax.set_xlim(-0.3 * linthresh, largest * 1.6)  # room for the outer error bars
+    ax.xaxis.set_major_locator(SymmetricalLogLocator(linthresh=linthresh, base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("λ (symlog axis; λ=0 at the left)")
 
 
 def epoch_note(sweep: Sweep, epoch: int) -> str:
@@ -99,18 +121,19 @@ def effects_plot(sweep: Sweep, epoch: int, path: Path) -> Path | None:
         return None
     fig, axes = panels(len(varied), 4.5, 3.6)
     for ax, key in zip(axes, varied):
-        by_x: dict[float, list[float]] = {}
+        pairs: dict[float, list] = {}
         for t in (t for t in trials if key in t.params):
-            by_x.setdefault(float(t.params[key]), []).append(t.at(sweep.metric, epoch))
+            pairs.setdefault(float(t.params[key]), []).append((t, t.at(sweep.metric, epoch)))
+        by_x = {x: distinct_seeds(sweep, ps) for x, ps in pairs.items()}  # copies are one point
         xs = sorted(by_x)
         for x in xs:
-            ax.scatter([x] * len(by_x[x]), by_x[x], color="C0", alpha=0.4, s=14, lw=0)
-        stats = [mean_interval(by_x[x]) for x in xs]
+            ax.scatter([x] * len(by_x[x]), [p.value for p in by_x[x]], color="C0", alpha=0.4, s=14, lw=0)
+        stats = [interval(by_x[x]) for x in xs]
         ax.plot(xs, [m for m, _ in stats], color="C0", marker="o", label="mean")
         with_ci = [(x, m, ci) for x, (m, ci) in zip(xs, stats) if ci is not None]
         if with_ci:
             ax.errorbar([x for x, _, _ in with_ci], [m for _, m, _ in with_ci], yerr=[c for _, _, c in with_ci],
-                        fmt="none", color="C0", capsize=4, label="95% CI (≥3 trials)")
+                        fmt="none", color="C0", capsize=4, label="95% CI (≥3 distinct runs; copies are one)")
         if key == "optim.batch_size":
             ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
