@@ -31,7 +31,7 @@ from jepa_sweeps.names import PARENT_TAG, REPEATS_TAG, STATUS_TAG, TRIAL_TAG
 from jepa_sweeps.retry import BufferedClient
 from jepa_sweeps.redaction import connectable, redact
 from jepa_sweeps.spec import SweepSpec
-from jepa_sweeps.storage import filesystem
+from jepa_sweeps.storage import filesystem, is_uri
 from jepa_sweeps.train import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,8 @@ def upload_checkpoint_files(client: MlflowClient, run_id: str, checkpoint: str) 
     """Copy the files a worker left in the checkpoint's ``artifacts/`` (plots written since the
     previous checkpoint) into the run's ``diagnostics/``. A checkpoint already pruned by Ray only costs a warning:
     its metrics are logged, and losing pictures must not stop the sweep."""
+    if not is_uri(checkpoint) and not Path(checkpoint).is_absolute():
+        return  # a path inside remote storage without its scheme (Train reports S3 ones so): not reachable here
     try:
         with tempfile.TemporaryDirectory() as tmp:
             fs, inner = filesystem(checkpoint)
@@ -236,7 +238,7 @@ def upload_checkpoint_files(client: MlflowClient, run_id: str, checkpoint: str) 
                     target.write_bytes(f.read())
             if files:
                 client.log_artifacts(run_id, tmp, names.DIAGNOSTICS)
-    except (OSError, MlflowException) as err:
+    except (OSError, ValueError, MlflowException) as err:
         log.warning("could not upload the files of checkpoint %s: %s", checkpoint, err)
 
 
