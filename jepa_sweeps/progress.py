@@ -67,6 +67,10 @@ class Progress(Callback):
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "stream"}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restored with the Tuner (``Tuner.restore``): a resumed sweep writes to its own stdout."""
+        self.__dict__.update(state, stream=None)
+
     @property
     def out(self) -> TextIO:
         return self.stream or sys.stdout

@@ -442,37 +442,6 @@ def test_trials_asking_for_a_gpu_on_a_cpu_only_ray_are_refused_at_start(tmp_path
     assert not (home / "mlflow.db").exists() and not (home / "ray_results").exists(), sorted(home.rglob("*"))
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Any:
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("resources", "expected"), [
-    ({"workers": 4, "cpus_per_worker": 1}, "a trial needs 4.5 CPU, the cluster has 2"),
-    ({"workers": 1, "cpus_per_worker": 3, "cluster_max": {"CPU": 8}}, None),  # an autoscaler can grow
-    ({"workers": 1, "cpus_per_worker": 3}, "a trial needs 3.5 CPU"),
-    ({"driver_resources": {"head": 0.01}}, "driver_resources.head=0.01: a trial needs 0.01 head, the cluster has 0"),
-    ({"gpus_per_worker": 0.5, "cluster_max": {"GPU": 4}}, None),
-    ({"workers": 1, "cpus_per_worker": 1}, None),
-])
-def test_cluster_capacity(resources: dict[str, Any], expected: str | None, local_ray: Any) -> None:
-    from jepa_sweeps.config import ConfigError
-    from jepa_sweeps.preflight import check_cluster
-    from jepa_sweeps.spec import parse_spec
-
-    spec = parse_spec(yaml.safe_load(doc(resources=resources)))
-    if expected is None:
-        check_cluster(spec.resources)
-        return
-    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
-        check_cluster(spec.resources)
-
-
 # --- the report CLI: validated first, bounded, redacted ------------------------------------------
 
 @pytest.fixture
@@ -530,3 +499,35 @@ def test_a_bucket_not_reachable_with_this_environment_is_refused_with_or_without
     err = capsys.readouterr().err
     refused(rc, err, "not reachable with this environment's credentials")
     assert "earlier sweep" not in err
+
+
+@pytest.fixture(scope="module")
+def capacity_ray() -> Any:
+    """Last in this module: the sandbox tests above check that no Ray is left running."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("resources", "expected"), [
+    ({"workers": 4, "cpus_per_worker": 1}, "a trial needs 4.5 CPU, the cluster has 2"),
+    ({"workers": 1, "cpus_per_worker": 3, "cluster_max": {"CPU": 8}}, None),  # an autoscaler can grow
+    ({"workers": 1, "cpus_per_worker": 3}, "a trial needs 3.5 CPU"),
+    ({"driver_resources": {"head": 0.01}}, "driver_resources.head=0.01: a trial needs 0.01 head, the cluster has 0"),
+    ({"gpus_per_worker": 0.5, "cluster_max": {"GPU": 4}}, None),
+    ({"workers": 1, "cpus_per_worker": 1}, None),
+])
+def test_cluster_capacity(resources: dict[str, Any], expected: str | None, capacity_ray: Any) -> None:
+    from jepa_sweeps.config import ConfigError
+    from jepa_sweeps.preflight import check_cluster
+    from jepa_sweeps.spec import parse_spec
+
+    spec = parse_spec(yaml.safe_load(doc(resources=resources)))
+    if expected is None:
+        check_cluster(spec.resources)
+        return
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        check_cluster(spec.resources)

@@ -32,7 +32,7 @@ from jepa_sweeps.config import ConfigError, TrialConfig
 from jepa_sweeps.data.base import DataError
 from jepa_sweeps.data.datasets import load_dataset
 from jepa_sweeps.spec import parse_spec
-from jepa_sweeps.storage import locate, safe_name
+from jepa_sweeps.storage import TRAIN_FOLDER, locate, safe_name
 from jepa_sweeps.sweep import ui_hint
 from jepa_sweeps.tracking import run_name
 from jepa_sweeps.train import STATE_FILE, LocalHooks, load_checkpoint
@@ -310,7 +310,7 @@ def test_environment_and_credentials_never_reach_mlflow_or_the_console(tmp_path:
             assert not [t[:200] for t in texts if secret in t], secret
         stored = [f for f in (tmp_path / "home").rglob("*") if f.is_file()]
         assert any(f.name == "tuner.pkl" for f in stored) and any(f.name.startswith("experiment_state") for f in stored)
-        assert any(".train" in str(f) for f in stored)  # Train's checkpoints and state
+        assert any(f"/{TRAIN_FOLDER}/" in str(f) for f in stored)  # Train's checkpoints and state
         scanned = [*tmp_path.rglob("*"), *Path(ray_tmp).rglob("*")]
         leaks = [str(f) for f in scanned if f.is_file() and PASSWORD.encode() in f.read_bytes()]
         leaks += [str(f) for f in stored if SECRET.encode() in f.read_bytes()]

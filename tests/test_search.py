@@ -15,6 +15,7 @@ import torch
 
 from jepa_sweeps.evaluation.selection import isotropy, scaled_loss, selection_scores
 from jepa_sweeps.spec import SweepSpec
+from jepa_sweeps.storage import TUNE_FOLDER
 from jepa_sweeps.sweep import Search, searcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_sweep_trains_a_repeated_suggestion_once(tmp_path: Path) -> None:
     assert lams == [0.02, 0.2]  # each configuration trained once
     assert sum(int(r.data.tags.get(REPEATS_TAG, 0)) for r in runs) == 2
     search = Search()
-    search.restore_from_dir(str(home / "ray_results" / "repeats"))
+    search.restore_from_dir(str(home / "ray_results" / "repeats" / TUNE_FOLDER))
     trials = search._ot_study.trials
     assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     knn = {float(r.data.params["lambda"]): r.data.metrics["knn_acc"] for r in runs}
