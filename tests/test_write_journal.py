@@ -16,6 +16,7 @@ import yaml
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from jepa_sweeps.accounting import COST_KEYS
 from jepa_sweeps.retry import BufferedClient
 from tests.conftest import MlflowServer
 from tests.test_safety import _clean_up_ray
@@ -95,7 +96,9 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
 
 # --- the whole sweep: driver SIGKILLed during an outage, resumed after it -------------------------
 
-TIMING = {"images_per_s"}  # wall-clock measurements differ between any two runs
+# wall-clock measurements differ between any two runs: throughput, the loop clock the trial host
+# reports (trial.RayHooks), and what each trial cost (accounting)
+TIMING = {"images_per_s", "loop_s", *COST_KEYS}
 
 
 def _records(client: MlflowClient, experiment: str) -> dict[str, list[tuple[int, float]]]:
