@@ -70,7 +70,7 @@ class StateError(Exception):
 
 
 def default_dir() -> Path:
-    """``$JEPA_SWEEPS_HOME/rehearsal`` (the home of ``jepa_sweeps.storage.home``, without importing the package)."""
+    """``$JEPA_SWEEPS_HOME/rehearsal`` (the home of ``jepa_sweeps.home.home``, without importing the package)."""
     return Path(os.environ.get("JEPA_SWEEPS_HOME", "~/.jepa_sweeps")).expanduser().resolve() / "rehearsal"
 
 

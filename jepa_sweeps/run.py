@@ -18,11 +18,12 @@ from typing import Any
 
 from jepa_sweeps.cli import usage_error
 from jepa_sweeps.config import ConfigError
+from jepa_sweeps.home import home
 from jepa_sweeps.packing import cluster_capacity, local_capacity, pack
 from jepa_sweeps.preflight import check_cluster, check_storage, check_tracking
 from jepa_sweeps.redaction import hide_credentials, redact, redact_logs, shorten
 from jepa_sweeps.spec import SweepSpec, load_spec
-from jepa_sweeps.storage import Locations, home, is_uri, locate, other_store, read_state
+from jepa_sweeps.storage import Locations, is_uri, locate, other_store, read_state
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

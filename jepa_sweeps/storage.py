@@ -21,17 +21,13 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from jepa_sweeps.home import home
 from jepa_sweeps.redaction import redact
 from jepa_sweeps.spec import SweepSpec
 
 SWEEP_STATE_FILE = "jepa_sweeps.json"
 TUNE_FOLDER = "tune"  # Tune's experiment name inside the sweep's folder
 TRAIN_FOLDER = "train"  # Train's runs (checkpoints) inside the sweep's folder
-
-
-def home() -> Path:
-    """``$JEPA_SWEEPS_HOME`` (default ``~/.jepa_sweeps``): default storage, tracking store, reports."""
-    return Path(os.environ.get("JEPA_SWEEPS_HOME", "~/.jepa_sweeps")).expanduser().resolve()
 
 
 def is_uri(path: str) -> bool:

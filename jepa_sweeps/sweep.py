@@ -40,6 +40,7 @@ from jepa_sweeps.storage import (
     tracking_record,
     write_state,
 )
+from jepa_sweeps.mailbox import EndTrials, mailbox
 from jepa_sweeps.trial import run_trial
 
 
@@ -173,7 +174,9 @@ def trainable(spec: SweepSpec, loc: Locations) -> Any:
 
 
 def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.Tuner:
-    """A new Tuner, or the restored one when this sweep was interrupted."""
+    """A new Tuner, or the restored one when this sweep was interrupted (with its callbacks, restored:
+    Tune keeps them in its state)."""
+    mailbox()
     path = loc.tune_path
     if tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable(spec, loc), resume_errored=True)
@@ -186,11 +189,12 @@ def build_tuner(spec: SweepSpec, loc: Locations, callbacks: list[Any]) -> tune.T
             mode=spec.mode,
             num_samples=spec.num_samples * spec.seeds,
             max_concurrent_trials=None if spec.budget else spec.resources.max_concurrent_trials,  # else its limiter
+            reuse_actors=True,  # a trial driver imports torch once, not once per trial (run_trial)
         ),
         run_config=tune.RunConfig(
             name=TUNE_FOLDER,
             storage_path=loc.folder,
-            callbacks=callbacks,
+            callbacks=[*callbacks, EndTrials()],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
         ),

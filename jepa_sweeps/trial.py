@@ -15,6 +15,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,12 @@ from pydantic import ValidationError
 from ray import tune
 from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.actor import ActorHandle
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.callback import UserCallback
-from ray.util.queue import Queue
 
+from jepa_sweeps.mailbox import MAILBOX, HoldRun
 from jepa_sweeps.config import ConfigError, TrialConfig, describe, trial_config
 from jepa_sweeps.space import trial_params
 from jepa_sweeps.spec import SweepSpec
@@ -99,35 +102,41 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 class ForwardToTune(UserCallback):
-    """Puts rank 0's reports on a queue the trial driver blocks on.
+    """Puts rank 0's reports in the trial attempt's ``Mailbox`` slot, which the trial driver blocks on."""
 
-    Ray's ``TuneReportCallback`` does the same, but its trial driver polls the queue actor five
-    times a second for the whole trial; on a 2-core machine that polling alone took ~1% of the CPU
-    from the training workers (benchmarks row 1). A blocking ``get`` costs nothing while waiting.
-    The queue holds one report, so training runs at most one report ahead of Tune, as with Ray's.
-    """
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    def __init__(self, box: ActorHandle, key: str) -> None:
+        self.box, self.key = box, key
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
         result = dict(metrics[0])
         if checkpoint is not None:
             result["checkpoint_path"] = checkpoint.path
-        self.queue.put(result)
+        ray.get(self.box.put.remote(self.key, result))
 
 
 class Trainer(TorchTrainer):
-    """``TorchTrainer`` without Train's Ray Data callback: it starts a ``DatasetManager`` actor per
-    trial even when no Ray dataset is given (the product passes none; each worker loads its
-    images itself), and on a 2-core node that process start delays the workers' own start-up."""
+    """``TorchTrainer`` without two helpers that each start one more Ray process per trial (on 2
+    cores, every process start delays the workers' own): Train's Ray Data callback, which starts a
+    ``DatasetManager`` actor even when no Ray dataset is given (the product passes none; each worker
+    loads its images itself), and its placement-group cleaner, whose work the sweep's ``Mailbox``
+    does (``tests/test_faults.py`` checks that no placement group outlives its trial)."""
 
     def _create_default_callbacks(self) -> list[Any]:
-        return [c for c in super()._create_default_callbacks() if not isinstance(c, DatasetsCallback)]
+        dropped = (DatasetsCallback, PlacementGroupCleanerCallback)
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, dropped)]
 
 
 def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
-    """The Tune function trainable (trial driver); Train runs go under ``storage`` (``Locations.train_path``)."""
+    """The Tune function trainable (trial driver); Train runs go under ``storage`` (``Locations.train_path``),
+    reports come through the sweep's ``Mailbox``, which ``EndTrials`` tells when the trial ended.
+
+    Tune reuses a trial driver for the next trial (``reuse_actors``: no new process importing torch
+    per trial). A trial Tune stopped therefore ends here in one of two ways, both within Tune's
+    reset timeout: in ``tune.report``, which raises ``SystemExit`` when Tune resets the driver;
+    or waiting for a report, when the mailbox ended its Train run and woke it: then it returns.
+    """
+    # The reset waits this long for the previous trial's thread (Tune's default 2 s, on 2 busy cores).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else rank 0's prints appear twice
     os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     # Train's Prometheus gauges: nothing collects them (``run.init_ray``), yet each worker computes them.
@@ -136,7 +145,9 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     cfg = config_for(spec, config)
     res = spec.resources
-    reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
+    trial_id = tune.get_context().get_trial_id()
+    box = ray.get_actor(MAILBOX)
+    key = f"{trial_id}/{uuid.uuid4().hex}"  # this attempt's slot: never an earlier attempt's report
     per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpus_per_worker else {})}
     trainer = Trainer(
         worker_loop,
@@ -147,9 +158,9 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
             num_workers=cfg.workers, use_gpu=res.gpus_per_worker > 0, resources_per_worker=per_worker
         ),
         run_config=ray.train.RunConfig(
-            name=f"train-{tune.get_context().get_trial_id()}",
+            name=f"train-{trial_id}",
             storage_path=storage,
-            callbacks=[ForwardToTune(reports)],
+            callbacks=[ForwardToTune(box, key), HoldRun(box, trial_id)],
             checkpoint_config=CheckpointConfig(num_to_keep=spec.failures.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(
                 max_failures=spec.failures.max_failures, controller_failure_limit=spec.failures.max_failures
@@ -165,13 +176,19 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
         except BaseException as err:  # noqa: BLE001 - re-raised in the trial driver's thread
             outcome.append(err)
         finally:
-            reports.put(None)
+            box.put.remote(key, None)
 
     fitting = threading.Thread(target=fit, name="trainer.fit", daemon=True)
     fitting.start()
-    while (result := reports.get()) is not None:
-        tune.report(result)
+    try:
+        while (result := ray.get(box.get.remote(key))) is not None:
+            tune.report(result)
+        stopped = ray.get(box.has_ended.remote(trial_id))
+    finally:  # also on SystemExit: the Train run ends with the trial
+        ray.get(box.end.remote(trial_id))
     fitting.join()
+    if stopped:
+        return
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     delete_untracked_checkpoints(outcome[0])

@@ -55,15 +55,19 @@ def test_cli_runs_the_in_process_rows_and_merges_results(tmp_path: Path, monkeyp
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_trial_rows_against_a_real_mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One 2-epoch Ray trial and one plain torch.distributed run: rows 1, 1b and 6."""
+    """One round: a sweep of two 2-epoch Ray trials and one plain torch.distributed run: rows 1, 1b,
+    1c and 6."""
     monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
     rows = {r.id: r for r in overhead_rows(workdir=tmp_path, **TINY["overhead"])}
     assert set(rows) == {"1", "1b", "1c", "6"}
-    assert len(rows["1c"].details["ray_images_per_cpu_s"]) == 1 and rows["1c"].value > 0
-    assert len(rows["1"].details["ray_images_per_s"]) == 1 and len(rows["1"].details["ray_images_per_s"][0]) == 2
-    assert rows["1"].value > 0 and rows["1"].details["epochs_compared"] == {"ray": "1/1", "plain": "1/1"}
-    assert rows["1b"].details["timeline_s"]["started"] < rows["1b"].details["timeline_s"]["last_report"]
-    assert rows["6"].details["per_report"] == [1, 1]  # the product's batching, not a timing
+    assert len(rows["1c"].details["ray_images_per_cpu_s"]) == 2 and rows["1c"].value > 0
+    assert [len(r) for r in rows["1"].details["ray_images_per_s"]] == [2, 2]
+    assert rows["1"].value > 0 and rows["1"].details["epochs_compared"] == {"ray": "2/2", "plain": "1/1"}
+    first, later = rows["1b"].details["timeline_first_s"], rows["1b"].details["timeline_later_s"]
+    assert 0 < first["started"] < first["first_epoch_begins"] < first["last_report"] < first["completed"]
+    assert 0 < later["started"] < later["first_epoch_begins"] < later["last_report"] < later["completed"]
+    assert "ready:ImplicitFunc" not in later  # the second trial ran on the first one's driver (reuse_actors)
+    assert rows["6"].details["per_report"] == [1, 1, 1, 1]  # the product's batching, not a timing
     assert rows["6"].details["server_access_log"]["POST /api/2.0/mlflow/runs/log-batch"] >= 2
 
 
@@ -98,24 +102,24 @@ def test_epochs_slowed_by_the_host_are_left_out_of_both_sides() -> None:
     plain = Run(0.0, [0.0, 10.0, 20.0, 30.0], [250.0, 400.0, 400.0, 400.0], 1000)
     slowed = Run(0.0, [12.0, 22.0, 32.0], [250.0, 200.0, 390.0], 1000)  # epoch 2 trains in 12–17 s
     cfg = TrialConfig()
-    row = throughput_row([slowed], [plain], cfg, meter)
+    row = throughput_row([[slowed]], [plain], cfg, meter)
     assert row.details["epochs_compared"] == {"ray": "1/2", "plain": "3/3"}
     assert row.value == pytest.approx(390 / 400) and row.passed is True
     assert row.details["ratio_unfiltered"] == pytest.approx(295 / 400)
     assert row.details["interval_95"] == [pytest.approx(390 / 400)] * 2  # one run a side: nothing to resample
     clean = Run(0.0, [0.0, 10.0, 20.0], [250.0, 300.0, 390.0], 1000)
-    row = throughput_row([slowed, clean], [plain, plain], cfg, meter)  # plain, Ray, plain, Ray as in a run
+    row = throughput_row([[slowed], [clean]], [plain, plain], cfg, meter)  # plain, Ray, plain, Ray as in a run
     low, high = row.details["interval_95"]
     # draws of {clean, clean} pool 300, 390, 300, 390; every other draw has median 390
     assert (low, high) == (pytest.approx(345 / 400), pytest.approx(390 / 400)) and row.value == high
     # clean's epoch 2 trains in 0–3.3 s, its epoch 3 in 10–12.6 s: both before the burst
-    assert throughput_row([clean], [plain], cfg, meter).details["epochs_compared"]["ray"] == "2/2"
+    assert throughput_row([[clean]], [plain], cfg, meter).details["epochs_compared"]["ray"] == "2/2"
     # when the host takes its share all along, no epoch is better than another: all are compared
     everywhere = steal_meter({t: 5 for t in range(40)})
-    assert throughput_row([slowed], [plain], cfg, everywhere).details["epochs_compared"]["ray"] == "2/2"
+    assert throughput_row([[slowed]], [plain], cfg, everywhere).details["epochs_compared"]["ray"] == "2/2"
     # nor when one side was hit throughout and the other never
     only_ray = steal_meter({t: 20 for t in [*range(12, 17), *range(22, 25)]})
-    assert throughput_row([slowed], [plain], cfg, only_ray).details["epochs_compared"] == {"ray": "2/2", "plain": "3/3"}
+    assert throughput_row([[slowed]], [plain], cfg, only_ray).details["epochs_compared"] == {"ray": "2/2", "plain": "3/3"}
 
 
 def test_request_counter_attributes_requests_to_phases() -> None:

@@ -65,6 +65,31 @@ def test_digits_split_is_stratified(digits: ImageDataset) -> None:
     assert ((test_counts - expected).abs() <= 1).all()
 
 
+def test_digits_come_from_the_machine_cache_without_scikit_learn(
+    digits: ImageDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first load writes the split to ``$JEPA_SWEEPS_HOME/cache``; a later process loads the
+    same tensors from it without importing scikit-learn; a torn cache file is rebuilt."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("JEPA_SWEEPS_HOME", str(tmp_path))
+    first = load_dataset("digits")
+    (cache,) = (tmp_path / "cache").glob("digits-*.npz")
+    probe = (
+        "import sys, torch; from jepa_sweeps.data.datasets import load_dataset; d = load_dataset('digits'); "
+        "print('sklearn' in sys.modules, int(d.train_images.sum()), int(d.test_labels.sum()))"
+    )
+    env = {**os.environ, "JEPA_SWEEPS_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", str(int(digits.train_images.sum())), str(int(digits.test_labels.sum()))]
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = load_dataset("digits")
+    for a, b in ((first, digits), (again, digits)):
+        assert torch.equal(a.train_images, b.train_images) and torch.equal(a.test_labels, b.test_labels)
+    assert cache.stat().st_size > 1000
+
+
 def test_digits_is_deterministic_and_ignores_path(digits: ImageDataset, tmp_path: Path) -> None:
     again = load_dataset("digits", path=tmp_path / "not-used")
     assert torch.equal(again.train_images, digits.train_images)

@@ -318,3 +318,42 @@ def test_checkpoints_train_does_not_track_are_deleted_when_a_trial_ends(tmp_path
                               best_checkpoints=[(ray.train.Checkpoint(str(c)), {}) for c in tracked])
     delete_untracked_checkpoints(result)
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint_2", "checkpoint_3", "checkpoint_manager_snapshot.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_stopped_trials_free_their_resources_and_drivers_are_reused(
+    local_ray: None, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Train's placement-group cleaner is not started (``trial.Trainer``) and Tune reuses trial
+    drivers (``reuse_actors``), so what a trial ASHA stopped left running is ended by the sweep's
+    ``Mailbox``: after a sweep in which ASHA stopped a trial at its first rung, no placement group
+    or Train actor is left, every CPU is free again, and fewer trial drivers ran than trials."""
+    from ray.util.placement_group import placement_group_table
+    from ray.util.state import list_actors
+
+    spec = write_spec(tmp_path, {
+        "name": "stopped",
+        "trial": {**BASE_TRIAL, "epochs": 2, "threads": 1},
+        "search": {"objective.lam": {"loguniform": [0.01, 0.5]}},
+        "points": [{"objective.lam": 0.05}, {"objective.lam": 0.0}, {"objective.lam": 0.1}],
+        "num_samples": 3,
+        "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+    })
+    def drivers() -> set[str]:
+        return {a.actor_id for a in list_actors(limit=10000) if a.class_name == "ImplicitFunc"}
+
+    earlier = drivers()  # of the module's other sweeps
+    assert main([str(spec)]) == 0, capsys.readouterr().out
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    statuses = [r.data.tags["jepa.status"] for r in child_runs(client, "stopped")]
+    assert len(statuses) == 3 and "stopped early" in statuses, statuses  # λ = 0 collapses below λ = 0.05
+
+    def ended() -> bool:
+        live = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10000)
+                if a.class_name in ("TrainController", "RayTrainWorker")]
+        groups = [g["state"] for g in placement_group_table().values()]
+        return not live and set(groups) <= {"REMOVED"} and ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"]
+
+    assert _wait(ended, threading.Event(), 60), (placement_group_table(), ray.available_resources())
+    assert 1 <= len(drivers() - earlier) < 3, drivers() - earlier
