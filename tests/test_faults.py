@@ -335,7 +335,7 @@ def test_stopped_trials_free_their_resources_and_drivers_are_reused(
     spec = write_spec(tmp_path, {
         "name": "stopped",
         "trial": {**BASE_TRIAL, "epochs": 2, "threads": 1},
-        "search": {"objective.lam": {"loguniform": [0.01, 0.5]}},
+        "search": {"objective.lam": {"choice": [0.0, 0.05, 0.1]}},
         "points": [{"objective.lam": 0.05}, {"objective.lam": 0.0}, {"objective.lam": 0.1}],
         "num_samples": 3,
         "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
