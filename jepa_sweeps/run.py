@@ -108,10 +108,9 @@ def check_digest(spec: SweepSpec, state: dict[str, Any] | None, fresh: bool) -> 
 def init_ray(loc: Locations) -> None:
     """Connect to the cluster (under ``ray job submit`` or with RAY_ADDRESS), else start a local one.
 
-    The local dashboard frees the placement groups of trials ASHA stops: Train's cleaner asks the
-    dashboard's state API whether a trial's controller died. It finds that API by scanning the
-    machine, which fails when another Ray runs beside this one, so its address is passed to every
-    worker explicitly.
+    The local dashboard serves Ray's state API (``ray list``, the tests' and benchmarks' look at a
+    sweep's actors). A process finds that API by scanning the machine, which fails when another Ray
+    runs beside this one, so its address is passed to every worker explicitly.
     """
     import ray
 

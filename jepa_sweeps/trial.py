@@ -25,15 +25,15 @@ import ray.train.torch
 import torch
 from pydantic import ValidationError
 from ray import tune
+from ray.actor import ActorHandle
 from ray.train import Checkpoint, CheckpointConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.actor import ActorHandle
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2.api.callback import UserCallback
 
-from jepa_sweeps.mailbox import MAILBOX, HoldRun
 from jepa_sweeps.config import ConfigError, TrialConfig, describe, trial_config
+from jepa_sweeps.mailbox import MAILBOX, HoldRun
 from jepa_sweeps.space import trial_params
 from jepa_sweeps.spec import SweepSpec
 from jepa_sweeps.train import load_checkpoint, save_checkpoint, train
