@@ -52,18 +52,18 @@ class Mailbox:
         else:
             self.held.setdefault(trial_id, []).append(resource)
 
-    def end(self, trial_id: str) -> None:
+    def end(self, trial_id: str) -> bool:
         """The trial ended (finished, stopped or failed): kill its controllers, remove its placement
-        groups (no-ops for what Train already ended), and wake its driver if it waits for a report."""
+        groups (no-ops for what Train already ended), and wake its driver if it waits for a report.
+        True when it had ended before (Tune stopped it while its driver still ran)."""
+        before = trial_id in self.ended
         self.ended.add(trial_id)
         for resource in sorted(self.held.pop(trial_id, []), key=lambda r: isinstance(r, PlacementGroup)):
             release(resource)
         for key in [k for k in self.slots if k.startswith(f"{trial_id}/")]:
             if not self.slots[key].full():
                 self.slots[key].put_nowait(None)
-
-    def has_ended(self, trial_id: str) -> bool:
-        return trial_id in self.ended
+        return before
 
 
 def release(resource: ActorHandle | PlacementGroup) -> None:

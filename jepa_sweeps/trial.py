@@ -183,9 +183,8 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, storage: str) -> None:
     try:
         while (result := ray.get(box.get.remote(key))) is not None:
             tune.report(result)
-        stopped = ray.get(box.has_ended.remote(trial_id))
     finally:  # also on SystemExit: the Train run ends with the trial
-        ray.get(box.end.remote(trial_id))
+        stopped = ray.get(box.end.remote(trial_id))  # True when Tune had already ended the trial
     fitting.join()
     if stopped:
         return
